@@ -1,0 +1,1 @@
+"""The Intune compliance-script bridge, importable and testable without the Functions host."""

@@ -1,0 +1,214 @@
+"""The only code that talks to Microsoft Graph: one pooled session, one credential, outcomes."""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from shared.ids import canonical_guid
+
+__all__ = [
+    "GraphClient",
+    "GraphResult",
+    "Outcome",
+    "TokenSource",
+    "make_credential",
+    "parse_retry_after",
+    "run_state_url",
+]
+
+USER_AGENT = "intune-compliance-bridge/1.0"
+# Graph answers this for the deviceRunStates navigation on tenants where the write is not routed.
+ROUTE_UNSUPPORTED = "no method match route template"
+_RUN_STATE_ID = re.compile(r"^[A-Za-z0-9:_.-]{1,256}$")
+
+
+class Outcome(StrEnum):
+    DELIVERED = "delivered"
+    TRANSIENT = "transient"
+    PERMANENT = "permanent"
+
+
+@dataclass(frozen=True, slots=True)
+class GraphResult:
+    """What one Graph call came to; `reason` is a stable slug used in responses and telemetry."""
+
+    outcome: Outcome
+    reason: str
+    status: int | None = None
+    error_code: str | None = None
+    request_id: str | None = None
+    client_request_id: str | None = None
+    retry_after: float | None = None
+    elapsed: float = 0.0
+
+
+class TokenSource(Protocol):
+    def get_token(self, *scopes: str, **kwargs: Any) -> Any: ...
+
+
+def make_credential(client_id: str | None, kind: str = "managed_identity") -> TokenSource:
+    """A managed identity in Azure; `default` only when a setting asks (a laptop's az login)."""
+    from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
+
+    if kind == "default":
+        return DefaultAzureCredential(
+            managed_identity_client_id=client_id, exclude_interactive_browser_credential=True
+        )
+    return (
+        ManagedIdentityCredential(client_id=client_id) if client_id else ManagedIdentityCredential()
+    )
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait: integer (`3`), fractional (`2.128`, Graph's own sample) or an HTTP-date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    if not math.isfinite(seconds):
+        return None
+    return max(seconds, 0.0)
+
+
+def run_state_url(base_url: str, script_id: str, run_state_id: str) -> str:
+    """Both ids are checked here, so nothing like `../`, `%2F`, `?` or `#` can retarget the call."""
+    script_id = canonical_guid(script_id)
+    if not _RUN_STATE_ID.match(run_state_id):
+        raise ValueError("run-state id has characters that are not allowed in a Graph key")
+    scripts = f"{base_url}/deviceManagement/deviceComplianceScripts"
+    return f"{scripts}/{script_id}/deviceRunStates/{run_state_id}"
+
+
+def _ci_get(mapping: Any, key: str) -> Any:
+    """Graph spells `innerError` both ways; read every key of its error body case-insensitively."""
+    if not isinstance(mapping, dict):
+        return None
+    for k, v in mapping.items():
+        if isinstance(k, str) and k.lower() == key.lower():
+            return v
+    return None
+
+
+def _graph_error(response: requests.Response) -> tuple[str | None, str | None]:
+    """Graph's error `code` and inner `request-id`, if the body has them."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None, None
+    error = _ci_get(body, "error")
+    code = _ci_get(error, "code")
+    inner = _ci_get(error, "innerError")
+    request_id = _ci_get(inner, "request-id")
+    return (
+        code if isinstance(code, str) else None,
+        request_id if isinstance(request_id, str) else None,
+    )
+
+
+def classify(status: int, error_code: str | None) -> tuple[Outcome, str]:
+    if 200 <= status < 300:
+        return Outcome.DELIVERED, "delivered"
+    if status == 429:
+        return Outcome.TRANSIENT, "throttled"
+    if status == 401:
+        return Outcome.TRANSIENT, "unauthorized"  # a token refresh or role propagation can fix it
+    if status >= 500 or status in (408, 409, 423):
+        return Outcome.TRANSIENT, "server_error" if status >= 500 else "conflict"
+    if status == 400 and error_code and error_code.strip().lower() == ROUTE_UNSUPPORTED:
+        return Outcome.PERMANENT, "endpoint_unsupported"
+    reasons = {400: "bad_request", 403: "forbidden", 404: "not_found", 422: "unprocessable"}
+    return Outcome.PERMANENT, reasons.get(status, "rejected")
+
+
+class GraphClient:
+    """Created once per worker: the session pools connections, the credential caches tokens."""
+
+    def __init__(
+        self,
+        base_url: str,
+        scope: str,
+        credential: TokenSource,
+        *,
+        connect_timeout: float = 3.05,
+        read_timeout: float = 15.0,
+        pool_size: int = 16,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.scope = scope
+        self._credential = credential
+        self._timeout = (connect_timeout, read_timeout)
+        self._session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=pool_size, max_retries=0)
+        self._session.mount("https://", adapter)
+        self._session.mount("http://", adapter)
+        self._session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json"})
+
+    def patch_run_state(
+        self, script_id: str, run_state_id: str, body: dict[str, Any]
+    ) -> GraphResult:
+        url = run_state_url(self.base_url, script_id, run_state_id)
+        return self._call("PATCH", url, body)
+
+    def _call(self, method: str, url: str, body: dict[str, Any] | None = None) -> GraphResult:
+        client_request_id = str(uuid.uuid4())
+        started = time.monotonic()
+        try:
+            token = self._credential.get_token(self.scope).token
+        except Exception:  # azure-identity raises several types; all mean "no token right now"
+            return GraphResult(
+                Outcome.TRANSIENT,
+                "token_unavailable",
+                client_request_id=client_request_id,
+                elapsed=time.monotonic() - started,
+            )
+        headers = {"Authorization": f"Bearer {token}", "client-request-id": client_request_id}
+        try:
+            response = self._session.request(
+                method, url, json=body, headers=headers, timeout=self._timeout
+            )
+        except requests.Timeout:
+            return GraphResult(
+                Outcome.TRANSIENT,
+                "timeout",
+                client_request_id=client_request_id,
+                elapsed=time.monotonic() - started,
+            )
+        except requests.RequestException:
+            return GraphResult(
+                Outcome.TRANSIENT,
+                "connection_error",
+                client_request_id=client_request_id,
+                elapsed=time.monotonic() - started,
+            )
+        error_code, inner_request_id = (None, None) if response.ok else _graph_error(response)
+        outcome, reason = classify(response.status_code, error_code)
+        return GraphResult(
+            outcome,
+            reason,
+            status=response.status_code,
+            error_code=error_code,
+            request_id=response.headers.get("request-id") or inner_request_id,
+            client_request_id=client_request_id,
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            elapsed=time.monotonic() - started,
+        )

@@ -1,0 +1,185 @@
+"""The bridge's settings: one typed object read from the same names as the Azure app settings."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from datetime import timedelta
+from enum import StrEnum
+from functools import lru_cache
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from shared.ids import canonical_guid
+
+__all__ = ["CLOUDS", "Cloud", "Settings", "SettingsError", "get_settings", "parse_duration"]
+
+
+class Cloud(StrEnum):
+    GLOBAL = "Global"
+    US_GOV_L4 = "USGovL4"
+    US_GOV_L5_DOD = "USGovL5DoD"
+    CHINA = "China"
+
+
+# The Graph root decides the token audience. GRAPH_BASE_URL may point elsewhere (an emulator) but
+# the audience always follows the cloud, so no token is ever minted for the wrong cloud.
+CLOUDS: dict[Cloud, str] = {
+    Cloud.GLOBAL: "https://graph.microsoft.com",
+    Cloud.US_GOV_L4: "https://graph.microsoft.us",
+    Cloud.US_GOV_L5_DOD: "https://dod-graph.microsoft.us",
+    Cloud.CHINA: "https://microsoftgraph.chinacloudapi.cn",
+}
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
+_ISO_DURATION = re.compile(
+    r"^P(?:(?P<d>\d+)D)?(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$", re.I
+)
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_TEMPLATE_LITERALS = re.compile(r"^[A-Za-z0-9:_.-]*$")
+
+
+def parse_duration(value: Any) -> timedelta:
+    """Accept what administrators write in app settings: `8h`, `300`, `5m`, `PT8H`, `00:05:00`."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float):
+        return timedelta(seconds=value)
+    text = str(value).strip()
+    if m := _DURATION.match(text):
+        return timedelta(seconds=float(m.group(1)) * _UNIT_SECONDS[(m.group(2) or "s").lower()])
+    if (m := _ISO_DURATION.match(text)) and any(m.groupdict().values()):
+        parts = {k: float(v) for k, v in m.groupdict().items() if v}
+        return timedelta(
+            days=parts.get("d", 0),
+            hours=parts.get("h", 0),
+            minutes=parts.get("m", 0),
+            seconds=parts.get("s", 0),
+        )
+    if re.fullmatch(r"\d{1,2}:\d{2}:\d{2}", text):
+        h, m_, s = (int(p) for p in text.split(":"))
+        return timedelta(hours=h, minutes=m_, seconds=s)
+    raise ValueError(f"not a duration: {text!r} (use e.g. 8h, 5m, 300s or PT8H)")
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+def _split_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [item.strip() for item in re.split(r"[,;\s]+", value) if item.strip()]
+    return value
+
+
+class SettingsError(ValueError):
+    """A setting is invalid; the message names each one, so a bad deploy fails loudly."""
+
+
+class Settings(BaseModel):
+    """Each alias is an app-setting name; the README table and infra are checked against them."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="ignore")
+
+    graph_cloud: Cloud = Field(Cloud.GLOBAL, alias="BRIDGE_GRAPH_CLOUD")
+    graph_base_url: str | None = Field(None, alias="GRAPH_BASE_URL")
+    azure_client_id: str | None = Field(None, alias="AZURE_CLIENT_ID")
+    credential: str = Field("managed_identity", alias="BRIDGE_CREDENTIAL")
+    delivery_mode: str = Field("sync", alias="BRIDGE_DELIVERY_MODE")
+    max_body_bytes: int = Field(2 * 1024 * 1024, alias="BRIDGE_MAX_BODY_BYTES", gt=0)
+    max_output_chars: int = Field(1_048_576, alias="BRIDGE_MAX_OUTPUT_CHARS", ge=64)
+    script_interval: Duration = Field(timedelta(hours=8), alias="BRIDGE_SCRIPT_INTERVAL")
+    clock_skew: Duration = Field(timedelta(minutes=5), alias="BRIDGE_CLOCK_SKEW")
+    run_state_id_template: str = Field(
+        "{scriptId}:{deviceId}", alias="BRIDGE_RUN_STATE_ID_TEMPLATE"
+    )
+    allowed_script_ids: Annotated[frozenset[str], BeforeValidator(_split_list)] = Field(
+        frozenset(), alias="BRIDGE_ALLOWED_SCRIPT_IDS"
+    )
+    graph_connect_timeout: float = Field(3.05, alias="BRIDGE_GRAPH_CONNECT_TIMEOUT", gt=0)
+    graph_read_timeout: float = Field(15.0, alias="BRIDGE_GRAPH_READ_TIMEOUT", gt=0)
+    sync_attempts: int = Field(3, alias="BRIDGE_SYNC_ATTEMPTS", ge=1, le=10)
+    sync_max_wait: Duration = Field(timedelta(seconds=10), alias="BRIDGE_SYNC_MAX_WAIT")
+
+    @field_validator("credential")
+    @classmethod
+    def _credential(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value not in {"managed_identity", "default"}:
+            raise ValueError("must be managed_identity or default")
+        return value
+
+    @field_validator("delivery_mode")
+    @classmethod
+    def _delivery_mode(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value != "sync":
+            raise ValueError("must be sync (queue mode is not available in this version)")
+        return value
+
+    @field_validator("graph_base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not re.match(r"^https?://[^\s/?#]+(/[^\s?#]*)?$", value):
+            raise ValueError(
+                "must be an absolute http(s) URL such as https://graph.microsoft.com/beta"
+            )
+        return value.rstrip("/")
+
+    @field_validator("azure_client_id")
+    @classmethod
+    def _client_id(cls, value: str | None) -> str | None:
+        return value.strip() or None if value else None
+
+    @field_validator("run_state_id_template")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        # The result enters a Graph URL: only known placeholders and URL-safe literals are allowed.
+        if value == "lookup":
+            raise ValueError("the lookup strategy is not available in this version")
+        literals = value.replace("{scriptId}", "").replace("{deviceId}", "")
+        if "{deviceId}" not in value or not _TEMPLATE_LITERALS.match(literals):
+            raise ValueError(
+                "needs {deviceId}, may use {scriptId}, otherwise only A-Z a-z 0-9 : _ . -"
+            )
+        return value
+
+    @field_validator("allowed_script_ids")
+    @classmethod
+    def _script_ids(cls, value: frozenset[str]) -> frozenset[str]:
+        return frozenset(canonical_guid(item) for item in value)
+
+    @property
+    def graph_root(self) -> str:
+        return CLOUDS[self.graph_cloud]
+
+    @property
+    def graph_scope(self) -> str:
+        return f"{self.graph_root}/.default"
+
+    @property
+    def graph_url(self) -> str:
+        """Base URL including the version segment; defaults to the cloud's beta endpoint."""
+        return self.graph_base_url or f"{self.graph_root}/beta"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        names = {field.alias for field in cls.model_fields.values() if field.alias}
+        values = {name: env[name] for name in names if env.get(name, "").strip() != ""}
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+            )
+            raise SettingsError(f"invalid settings: {problems}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Read once per process; the platform restarts the worker when app settings change."""
+    return Settings.from_env()
