@@ -17,6 +17,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -132,13 +133,13 @@ class StateBody(_Strict):
     last_sync: PastTimestamp | None = Field(None, alias="lastSyncDateTime")
     script_output: StrictStr | None = Field(None, alias="scriptOutput")
     script_error: StrictStr | None = Field(None, alias="scriptError")
+    # Declared only so a sent `id` is refused by name (`state.id`) rather than as an unknown field.
+    id_: Any = Field(None, alias="id", exclude=True)
 
-    @model_validator(mode="before")
+    @field_validator("id_", mode="before")
     @classmethod
-    def _no_id(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "id" in data:
-            raise ValueError("id is read-only; the bridge derives the run-state id itself")
-        return data
+    def _no_id(cls, value: Any) -> Any:
+        raise ValueError("is read-only; the bridge derives the run-state id itself")
 
 
 class ComplianceReport(_Strict):

@@ -1,0 +1,63 @@
+"""Fixtures: emulators in threads (real HTTP on 127.0.0.1) and function hosts as processes."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+
+import pytest
+
+from devstack import graph, identity
+from devstack.serving import start_in_thread
+from tests.stack import Emulator, HostFactory, Process, host_env, start_process
+
+IDENTITY_HEADER = secrets.token_urlsafe(16)
+
+
+@pytest.fixture(scope="session")
+def graph_emulator() -> Iterator[Emulator]:
+    url, stop = start_in_thread(graph.build_server(0, scripts=[], write_limit="0", faults=[]))
+    yield Emulator(url)
+    stop()
+
+
+@pytest.fixture(scope="session")
+def identity_emulator() -> Iterator[Emulator]:
+    url, stop = start_in_thread(identity.build_server(0, header=IDENTITY_HEADER))
+    yield Emulator(url)
+    stop()
+
+
+@pytest.fixture
+def emulators(graph_emulator: Emulator, identity_emulator: Emulator) -> tuple[Emulator, Emulator]:
+    """Both emulators, reset to a clean state for this test."""
+    graph_emulator.reset()
+    identity_emulator.reset()
+    return graph_emulator, identity_emulator
+
+
+@pytest.fixture(scope="session")
+def host(graph_emulator: Emulator, identity_emulator: Emulator) -> Iterator[Process]:
+    """One function host with default settings, shared by the tests that need no special ones."""
+    process = start_process(
+        ["host", "--port", "0"],
+        host_env(graph_emulator.url, identity_emulator.url, IDENTITY_HEADER),
+    )
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def start_host(graph_emulator: Emulator, identity_emulator: Emulator) -> Iterator[HostFactory]:
+    """Start a host with extra settings; each is stopped by PID at the end of the test."""
+    started: list[Process] = []
+
+    def factory(**settings: str) -> Process:
+        env = host_env(graph_emulator.url, identity_emulator.url, IDENTITY_HEADER, **settings)
+        process = start_process(["host", "--port", "0"], env)
+        started.append(process)
+        return process
+
+    yield factory
+    for process in started:
+        process.stop()
