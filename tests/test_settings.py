@@ -1,0 +1,88 @@
+"""Settings: every default from DESIGN.md, the four clouds, and loud failures for bad values."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from shared.settings import Settings, SettingsError, parse_duration
+
+
+def test_defaults_are_designs() -> None:
+    s = Settings.from_env({})
+    assert s.max_body_bytes == 2 * 1024 * 1024
+    assert s.max_output_chars == 1_048_576
+    assert s.script_interval == timedelta(hours=8)
+    assert s.clock_skew == timedelta(minutes=5)
+    assert s.run_state_id_template == "{scriptId}:{deviceId}"
+    assert s.graph_url == "https://graph.microsoft.com/beta"
+    assert s.graph_scope == "https://graph.microsoft.com/.default"
+    assert s.credential == "managed_identity"
+
+
+@pytest.mark.parametrize(
+    ("cloud", "root"),
+    [
+        ("Global", "https://graph.microsoft.com"),
+        ("USGovL4", "https://graph.microsoft.us"),
+        ("USGovL5DoD", "https://dod-graph.microsoft.us"),
+        ("China", "https://microsoftgraph.chinacloudapi.cn"),
+    ],
+)
+def test_each_national_cloud_sets_graph_root_and_token_scope(cloud: str, root: str) -> None:
+    s = Settings.from_env({"BRIDGE_GRAPH_CLOUD": cloud})
+    assert s.graph_url == f"{root}/beta"
+    assert s.graph_scope == f"{root}/.default"
+
+
+def test_overriding_the_base_url_never_changes_the_token_audience() -> None:
+    s = Settings.from_env(
+        {"BRIDGE_GRAPH_CLOUD": "USGovL4", "GRAPH_BASE_URL": "http://127.0.0.1:7072/beta/"}
+    )
+    assert s.graph_url == "http://127.0.0.1:7072/beta"
+    assert s.graph_scope == "https://graph.microsoft.us/.default"
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("300", 300), ("300s", 300), ("5m", 300), ("8h", 28800), ("PT8H", 28800), ("00:05:00", 300)],
+)
+def test_durations_accept_the_forms_admins_write(text: str, seconds: int) -> None:
+    assert parse_duration(text) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("BRIDGE_GRAPH_CLOUD", "Mars"),
+        ("GRAPH_BASE_URL", "graph.microsoft.com"),
+        ("BRIDGE_MAX_BODY_BYTES", "0"),
+        ("BRIDGE_SCRIPT_INTERVAL", "eight hours"),
+        ("BRIDGE_RUN_STATE_ID_TEMPLATE", "{deviceId}/../{scriptId}"),
+        ("BRIDGE_RUN_STATE_ID_TEMPLATE", "{scriptId}"),
+        ("BRIDGE_ALLOWED_SCRIPT_IDS", "not-a-guid"),
+        ("BRIDGE_CREDENTIAL", "client_secret"),
+        ("BRIDGE_DELIVERY_MODE", "later"),
+    ],
+)
+def test_invalid_setting_fails_naming_the_setting(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({name: value})
+
+
+def test_allowed_script_ids_are_a_canonical_set() -> None:
+    s = Settings.from_env(
+        {
+            "BRIDGE_ALLOWED_SCRIPT_IDS": "3C9E7A1D-5B2F-4E8C-A6D4-1F0B9E8C7A25, "
+            "0f8fad5b-d9cb-469f-a165-70867728950e"
+        }
+    )
+    assert s.allowed_script_ids == {
+        "3c9e7a1d-5b2f-4e8c-a6d4-1f0b9e8c7a25",
+        "0f8fad5b-d9cb-469f-a165-70867728950e",
+    }
+
+
+def test_empty_values_mean_unset() -> None:
+    assert Settings.from_env({"AZURE_CLIENT_ID": "", "GRAPH_BASE_URL": " "}).azure_client_id is None
