@@ -81,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     env.setdefault("AZURE_CLIENT_ID", LOCAL_CLIENT_ID)
     stack = Stack()
     stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    # Set explicitly: a shell that starts us in the background leaves SIGINT ignored.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, lambda *_: stopping.set())
     try:
         graph = stack.start("graph", args.graph_port, env)
         identity = stack.start("identity", args.identity_port, env)
@@ -100,8 +102,6 @@ def main(argv: list[str] | None = None) -> int:
             if any(child.poll() is not None for child in stack.children):
                 print("a part of the stack exited; stopping", file=sys.stderr)
                 return 1
-    except KeyboardInterrupt:
-        pass
     finally:
         stack.stop()
     return 0
