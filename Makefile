@@ -3,6 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+AZURITE := node_modules/.bin/azurite
 
 .PHONY: run test lint format install clean
 
@@ -12,7 +13,12 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	touch $(STAMP)
 
-install: $(STAMP)
+# Azurite comes from npm (pure JavaScript); the lock file pins it.
+$(AZURITE): package.json package-lock.json
+	npm ci --no-audit --no-fund --silent
+	touch $(AZURITE)
+
+install: $(STAMP) $(AZURITE)
 
 run: install
 	$(BIN)/python -m devstack up

@@ -1,11 +1,18 @@
 """Every way data enters the bridge; the work itself lives in the `shared` package."""
 
+import os
+
 import azure.functions as func
 
-from shared import api
+from shared import api, delivery
+from shared.store import QUEUE
 
-# Device authentication is the bridge's own (see BRIDGE_AUTH_MODE); function keys, when used, are
-# checked by the platform before a request reaches these functions.
+# Function keys are the platform's check, and it applies them only to FUNCTION-level triggers: the
+# ingest route needs a key exactly when BRIDGE_AUTH_MODE lists `function` (the default). Certificate
+# and HMAC proofs are the bridge's own. Reading one setting here creates nothing at import time.
+_KEYS = "function" in os.environ.get("BRIDGE_AUTH_MODE", "function").lower()
+INGEST_AUTH = func.AuthLevel.FUNCTION if _KEYS else func.AuthLevel.ANONYMOUS
+
 app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 
 
@@ -22,6 +29,7 @@ def _http(response: api.ApiResponse) -> func.HttpResponse:
 @app.route(
     route="v1/compliance-script-results",
     methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+    auth_level=INGEST_AUTH,
 )
 def ingest(req: func.HttpRequest) -> func.HttpResponse:
     return _http(api.ingest(req.method, dict(req.headers), req.get_body()))
@@ -30,3 +38,8 @@ def ingest(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="health", methods=["GET"])
 def health(req: func.HttpRequest) -> func.HttpResponse:
     return _http(api.health())
+
+
+@app.queue_trigger(arg_name="msg", queue_name=QUEUE, connection="AzureWebJobsStorage")
+def deliver(msg: func.QueueMessage) -> None:
+    delivery.on_queue_message(msg.get_body().decode("utf-8"), msg.dequeue_count)

@@ -1,14 +1,14 @@
-"""`python -m devstack up | host | graph | identity [--port N]`: the stack, whole or in parts."""
+"""`python -m devstack up | host | graph | identity | azurite [--port N]`: whole or in parts."""
 
 from __future__ import annotations
 
 import sys
 
-USAGE = "usage: python -m devstack {up|host|graph|identity} [--port N] [options]"
+USAGE = "usage: python -m devstack {up|host|graph|identity|azurite} [--port N] [options]"
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in {"up", "host", "graph", "identity"}:
+    if not argv or argv[0] not in {"up", "host", "graph", "identity", "azurite"}:
         print(USAGE, file=sys.stderr)
         return 2
     command, rest = argv[0], argv[1:]
@@ -18,8 +18,10 @@ def main(argv: list[str]) -> int:
         from devstack import host as part
     elif command == "graph":
         from devstack import graph as part
-    else:
+    elif command == "identity":
         from devstack import identity as part
+    else:
+        from devstack import azurite as part
     return part.main(rest)
 
 

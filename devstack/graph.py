@@ -101,6 +101,7 @@ class Call:
     request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     client_request_id: str | None = None
     batch_item_id: str | None = None
+    epoch: int = 0  # the emulator's reset generation when the request arrived
 
 
 def graph_error(status: int, code: str, message: str, call: Call) -> Outcome:
@@ -174,6 +175,9 @@ class GraphEmulator:
         self.states: dict[tuple[str, str], dict[str, Any]] = {}
         self.log: list[dict[str, Any]] = []
         self.windows: dict[str, deque[float]] = {}
+        # A reset starts a new epoch: requests still in flight from before it (a slow fault)
+        # neither change the states nor appear in the log, so tests stay independent.
+        self.epoch = 0
         self.initial = (
             set(self.scripts),
             write_limit,
@@ -192,6 +196,7 @@ class GraphEmulator:
             self.states.clear()
             self.log.clear()
             self.windows.clear()
+            self.epoch += 1
 
     def configure(self, body: dict[str, Any]) -> dict[str, Any]:
         """Apply an admin ``/_emulator/config`` body; raises ValueError on a bad one."""
@@ -234,6 +239,8 @@ class GraphEmulator:
     def record(self, call: Call, outcome: Outcome) -> None:
         """Append to the request log; refused, faulted and batch-item requests included."""
         with self.lock:
+            if call.epoch != self.epoch:
+                return
             self.log.append(
                 {
                     "seq": len(self.log) + 1,
@@ -453,6 +460,8 @@ class GraphEmulator:
             return graph_error(400, "BadRequest", problem, call)
         changes = {k: v for k, v in call.body.items() if k != "@odata.type"}
         with self.lock:
+            if call.epoch != self.epoch:
+                return Outcome(200, {}, applied=False)
             entity = self.states.setdefault(
                 (script_id, run_state_id),
                 {"id": run_state_id, "detectionState": "unknown"}
@@ -499,6 +508,7 @@ class GraphEmulator:
                 claims=outer.claims,
                 client_request_id=headers.get("client-request-id"),
                 batch_item_id=item_id,
+                epoch=outer.epoch,
             )
             depends = [str(d) for d in item.get("dependsOn") or []]
             if any(not 200 <= statuses.get(d, 0) < 300 for d in depends):
@@ -616,6 +626,7 @@ class GraphHandler(JsonHandler):
             body=None,
             claims={},
             client_request_id=self.headers.get("client-request-id"),
+            epoch=self.emulator.epoch,
         )
         outcome = self._authenticate(call)
         if outcome is None and raw.strip():

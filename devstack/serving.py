@@ -26,6 +26,7 @@ class DevServer(ThreadingHTTPServer):
     """Threaded server that never outlives its process and can rebind a port at once."""
 
     daemon_threads = True
+    block_on_close = False  # a slow fault still sleeping must not hold up a stop
     allow_reuse_address = True
     app: Any = None  # the emulator's state, shared by every handler thread
 

@@ -1,4 +1,4 @@
-"""Start the whole local stack: Graph emulator, identity emulator and the function host.
+"""Start the whole local stack: Azurite, the Graph and identity emulators, the function host.
 
 Each part runs as its own process (as in Azure, the bridge reaches Graph and the identity endpoint
 over HTTP), is wired to the others through the same settings Azure uses, and is stopped by PID.
@@ -40,6 +40,7 @@ class Stack:
 
     def __init__(self) -> None:
         self.children: list[subprocess.Popen[str]] = []
+        self.ready: dict[str, dict[str, str]] = {}
 
     def start(self, part: str, port: int, env: dict[str, str]) -> str:
         child = subprocess.Popen(
@@ -56,6 +57,7 @@ class Stack:
         except ValueError:
             raise RuntimeError(f"{part} did not start (exit code {child.poll()})") from None
         threading.Thread(target=_forward, args=(child.stdout, part), daemon=True).start()
+        self.ready[part] = ready
         return ready["url"]
 
     def stop(self) -> None:
@@ -74,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=7071, help="function host port")
     parser.add_argument("--graph-port", type=int, default=7072)
     parser.add_argument("--identity-port", type=int, default=7073)
+    parser.add_argument(
+        "--storage-port", type=int, default=10000, help="Azurite blob port (queue +1, table +2)"
+    )
     args = parser.parse_args(argv)
 
     env = dict(os.environ)
@@ -85,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, lambda *_: stopping.set())
     try:
+        if "AzureWebJobsStorage" not in env:
+            stack.start("azurite", args.storage_port, env)
+            env["AzureWebJobsStorage"] = stack.ready["azurite"]["connectionString"]
         graph = stack.start("graph", args.graph_port, env)
         identity = stack.start("identity", args.identity_port, env)
         env["GRAPH_BASE_URL"] = f"{graph}/beta"

@@ -12,13 +12,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from shared.delivery import DeliveryResult, deliver
+from shared.auth import AuthError, authenticate, check_device
+from shared.delivery import DeliveryResult, deliver, queue_message, version_key
 from shared.graph import Outcome
 from shared.ids import new_report_id
-from shared.mapping import map_report
+from shared.mapping import DeviceState, map_report
 from shared.models import ComplianceReport
+from shared.ratelimit import device_limiter
 from shared.runtime import Bridge, get_bridge
 from shared.settings import SettingsError
+from shared.store import StorageError
 from shared.telemetry import emit
 
 __all__ = ["PROBLEM_JSON", "ApiResponse", "health", "ingest", "problem"]
@@ -184,6 +187,13 @@ def _too_large(max_bytes: int) -> ApiResponse:
     )
 
 
+def _refused(error: AuthError, report_id: str | None = None) -> ApiResponse:
+    """401/403 with the failed check as the slug; the credential itself is never repeated."""
+    emit("rejected", status=error.status, reason=error.slug, reportId=report_id)
+    title = "Authentication failed" if error.status == 401 else "Not allowed for this device"
+    return problem(error.status, error.slug, title, error.detail, reportId=report_id)
+
+
 def _unavailable(detail: str, retry_after: float, **extra: Any) -> ApiResponse:
     seconds = max(1, math.ceil(retry_after))
     return problem(
@@ -215,12 +225,15 @@ def ingest(
     settings = bridge.settings
     try:
         data = _check_envelope(method, headers, body, settings.max_body_bytes)
+        identity = authenticate(settings, headers, body, now=received_at)
         report = ComplianceReport.model_validate(
             data, context={"now": received_at, "clock_skew": settings.clock_skew}
         )
     except _BadRequest as bad:
         emit("rejected", status=bad.response.status, reason=bad.response.body["type"])
         return bad.response
+    except AuthError as refused:
+        return _refused(refused)
     except ValidationError as exc:
         errors = _field_errors(exc)
         emit("rejected", status=422, reason="invalid-report", fields=len(errors))
@@ -231,7 +244,12 @@ def ingest(
             f"{len(errors)} field(s) failed validation.",
             errors=errors,
         )
-    report_id = report.report_id or new_report_id()
+    # A verified webhook-id is the sender's idempotency key: it names a report that has no id.
+    report_id = report.report_id or identity.webhook_id or new_report_id()
+    try:
+        check_device(identity, report.device_id)
+    except AuthError as refused:
+        return _refused(refused, report_id)
     if settings.allowed_script_ids and report.script_id not in settings.allowed_script_ids:
         emit("rejected", status=403, reason="script-not-allowed", reportId=report_id)
         return problem(
@@ -241,19 +259,27 @@ def ingest(
             "This bridge does not accept results for that script.",
             reportId=report_id,
         )
+    wait = device_limiter(settings.device_rate_limit).acquire(report.device_id)
+    if wait is not None:
+        emit("rejected", status=429, reason="rate-limited", reportId=report_id)
+        return problem(
+            429,
+            "rate-limited",
+            "Too many reports",
+            f"This device sent more than {settings.device_rate_limit} reports in a minute; "
+            f"send again in {wait} s.",
+            headers={"Retry-After": str(wait)},
+            reportId=report_id,
+        )
     state = map_report(
         report,
         received_at=received_at,
         script_interval=settings.script_interval,
         max_output_chars=settings.max_output_chars,
     )
-    emit(
-        "accepted",
-        reportId=report_id,
-        scriptId=report.script_id,
-        deviceId=report.device_id,
-        detectionState=state.detection_state.value,
-    )
+    if settings.delivery_mode == "queue":
+        return _enqueue(bridge, report_id, report, state, received_at)
+    _accepted(report_id, report, state)
     delivery = deliver(
         bridge.graph,
         script_id=report.script_id,
@@ -264,6 +290,54 @@ def ingest(
         max_wait=settings.sync_max_wait,
     )
     return _delivery_response(report_id, report, state.detection_state.value, delivery)
+
+
+def _accepted(report_id: str, report: ComplianceReport, state: DeviceState) -> None:
+    emit(
+        "accepted",
+        reportId=report_id,
+        scriptId=report.script_id,
+        deviceId=report.device_id,
+        detectionState=state.detection_state.value,
+    )
+
+
+def _enqueue(
+    bridge: Bridge,
+    report_id: str,
+    report: ComplianceReport,
+    state: DeviceState,
+    received_at: datetime,
+) -> ApiResponse:
+    """Store first, answer second: a 2xx means the report is in the queue (or already known)."""
+    version = version_key(state.last_state_update)
+    try:
+        storage = bridge.storage
+        newest = storage.runstates.newest_accepted(report.script_id, report.device_id)
+        if newest is not None and newest >= version:
+            reason = "duplicate" if newest == version else "stale"
+            emit("ignored", reportId=report_id, reason=reason, scriptId=report.script_id,
+                 deviceId=report.device_id)  # fmt: skip
+            return ApiResponse(200, {"reportId": report_id, "status": "ignored", "reason": reason})
+        storage.enqueue(
+            queue_message(report_id, report.script_id, report.device_id, state, received_at)
+        )
+    except (StorageError, ValueError):
+        logging.getLogger("bridge").exception("could not store report %s", report_id)
+        return _unavailable(
+            "The report could not be stored; nothing was kept, send it again later.",
+            5,
+            reportId=report_id,
+        )
+    try:
+        storage.runstates.accept(
+            report.script_id, report.device_id, version, report_id, state.detection_state.value
+        )
+    except StorageError:
+        # The report is queued; delivery records it in the table when it claims the write.
+        logging.getLogger("bridge").warning("report %s queued but not recorded", report_id)
+    _accepted(report_id, report, state)
+    return ApiResponse(202, {"reportId": report_id, "status": "queued"})
 
 
 def _delivery_response(

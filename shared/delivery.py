@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from shared.graph import GraphClient, GraphResult, Outcome
+from shared.ids import canonical_guid
 from shared.mapping import DeviceState
+from shared.pacing import TokenBucket
+from shared.settings import Settings
+from shared.store import Claim, Storage
+from shared.telemetry import emit
 
-__all__ = ["DeliveryResult", "backoff_delay", "deliver", "run_state_id"]
+__all__ = [
+    "DeliveryResult",
+    "QueueOutcome",
+    "backoff_delay",
+    "deliver",
+    "on_queue_message",
+    "process_message",
+    "queue_message",
+    "run_state_id",
+    "version_key",
+]
 
 
 def run_state_id(template: str, script_id: str, device_id: str) -> str:
@@ -67,3 +85,183 @@ def deliver(
             return DeliveryResult(result, attempt, key)
         budget -= delay
         sleep(delay)
+
+
+# ---- queue mode -------------------------------------------------------------------------------
+
+MESSAGE_SCHEMA = 1
+# Retry-After or backoff beyond this is capped: the message stays in the queue either way.
+MAX_DELAY_SECONDS = 3600
+BUSY_RETRY_SECONDS = 2.0
+
+
+def version_key(moment: datetime) -> str:
+    """Fixed-width UTC text, so versions compare correctly as strings in the run-state table."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def queue_message(
+    report_id: str, script_id: str, device_id: str, state: DeviceState, received_at: datetime
+) -> dict[str, Any]:
+    return {
+        "schema": MESSAGE_SCHEMA,
+        "reportId": report_id,
+        "scriptId": script_id,
+        "deviceId": device_id,
+        "version": version_key(state.last_state_update),
+        "detectionState": state.detection_state.value,
+        "acceptedAt": version_key(received_at),
+        "attempt": 0,
+        "state": state.patch_body(),
+    }
+
+
+def poison_message(
+    message: dict[str, Any], reason: str, result: GraphResult | None, **extra: Any
+) -> dict[str, Any]:
+    """What an operator needs to act: the report, why it stopped, and Graph's own words."""
+    graph = None
+    if result is not None:
+        graph = {
+            "status": result.status,
+            "code": result.error_code,
+            "requestId": result.request_id,
+            "clientRequestId": result.client_request_id,
+        }
+    return {
+        "report": message,
+        "reason": reason,
+        "graph": graph,
+        "poisonedAt": version_key(datetime.now(UTC)),
+        **extra,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class QueueOutcome:
+    """What happened to one queue message; `event` is the telemetry event name."""
+
+    event: str
+    reason: str
+    message: dict[str, Any] = field(default_factory=dict)
+    result: GraphResult | None = None
+    delay: float = 0.0
+
+
+def _parse(text: str) -> dict[str, Any]:
+    message = json.loads(text)
+    if not isinstance(message, dict) or message.get("schema") != MESSAGE_SCHEMA:
+        raise ValueError("not a bridge message")
+    for key in ("scriptId", "deviceId"):
+        canonical_guid(message[key])
+    if not isinstance(message["version"], str) or not isinstance(message["attempt"], int):
+        raise ValueError("bad version or attempt")
+    if "state" not in message and "statePayload" not in message:
+        raise ValueError("no state")
+    return message
+
+
+def process_message(
+    text: str,
+    *,
+    graph: GraphClient,
+    storage: Storage,
+    pacer: TokenBucket,
+    settings: Settings,
+    now: datetime | None = None,
+) -> QueueOutcome:
+    """Deliver one queued report once; retries are new messages with a visibility delay.
+
+    A storage failure raises, so the host retries the message (and after maxDequeueCount moves
+    it to the poison queue): nothing accepted is dropped.
+    """
+    try:
+        message = _parse(text)
+    except (ValueError, KeyError, TypeError):
+        storage.enqueue(
+            poison_message({"raw": text[:4096]}, "malformed_message", None), poison=True
+        )
+        return QueueOutcome("poisoned", "malformed_message")
+    script_id, device_id, version = message["scriptId"], message["deviceId"], message["version"]
+    runstates = storage.runstates
+    claim = runstates.claim(script_id, device_id, version, settings.delivery_lease.total_seconds())
+    if claim.claim in (Claim.SUPERSEDED, Claim.DELIVERED):
+        storage.forget_payload(message)
+        reason = "superseded" if claim.claim is Claim.SUPERSEDED else "duplicate"
+        return QueueOutcome("ignored", reason, message)
+    if claim.claim is Claim.BUSY:
+        # Usually the other write ends within a second; the lease only matters after a crash.
+        delay = min(max(claim.wait, 1.0), BUSY_RETRY_SECONDS)
+        storage.enqueue(message, delay)
+        return QueueOutcome("retried", "busy", message, delay=delay)
+
+    state = storage.load_state(message)
+    pacer.acquire()
+    key = run_state_id(settings.run_state_id_template, script_id, device_id)
+    result = graph.patch_run_state(script_id, key, state)
+    if result.outcome is Outcome.DELIVERED:
+        runstates.finish(
+            script_id, device_id, version, claim.owner,
+            delivered=True, outcome="delivered", reason=result.reason,
+        )  # fmt: skip
+        storage.forget_payload(message)
+        return QueueOutcome("delivered", result.reason, message, result)
+    if result.outcome is Outcome.PERMANENT:
+        storage.enqueue(poison_message(message, result.reason, result), poison=True)
+        runstates.finish(
+            script_id, device_id, version, claim.owner,
+            delivered=False, outcome="poisoned", reason=result.reason,
+        )  # fmt: skip
+        return QueueOutcome("poisoned", result.reason, message, result)
+
+    attempt = message["attempt"] + 1
+    # After a timeout or a dropped connection Graph may still apply the write: keep the lease
+    # until it runs out, so no other version of this pair is written in the meantime.
+    keep_lease = result.reason in ("timeout", "connection_error")
+    runstates.finish(
+        script_id, device_id, version, claim.owner,
+        delivered=False, outcome="retried", reason=result.reason, keep_lease=keep_lease,
+    )  # fmt: skip
+    accepted = datetime.strptime(message["acceptedAt"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    age = (now or datetime.now(UTC)) - accepted
+    if attempt >= settings.max_attempts or age > settings.max_age:
+        poison = poison_message(message, "retries_exhausted", result, lastReason=result.reason)
+        storage.enqueue(poison, poison=True)
+        return QueueOutcome("poisoned", "retries_exhausted", message, result)
+    delay = result.retry_after if result.retry_after is not None else backoff_delay(attempt, 2, 300)
+    delay = min(delay, MAX_DELAY_SECONDS)
+    storage.enqueue({**message, "attempt": attempt}, delay)
+    return QueueOutcome("retried", result.reason, {**message, "attempt": attempt}, result, delay)
+
+
+def on_queue_message(text: str, dequeue_count: int = 1) -> QueueOutcome:
+    """The queue trigger's body: process with the process-wide clients and report the outcome."""
+    from shared.runtime import get_bridge
+
+    bridge = get_bridge()
+    outcome = process_message(
+        text,
+        graph=bridge.graph,
+        storage=bridge.storage,
+        pacer=bridge.pacer,
+        settings=bridge.settings,
+    )
+    message, result = outcome.message, outcome.result
+    emit(
+        outcome.event,
+        level=logging.INFO if outcome.event in ("delivered", "ignored") else logging.WARNING,
+        reportId=message.get("reportId"),
+        scriptId=message.get("scriptId"),
+        deviceId=message.get("deviceId"),
+        detectionState=message.get("detectionState"),
+        outcome=outcome.event,
+        reason=outcome.reason,
+        attempt=message.get("attempt"),
+        dequeueCount=dequeue_count,
+        graphStatus=result.status if result else None,
+        graphRequestId=result.request_id if result else None,
+        clientRequestId=result.client_request_id if result else None,
+        latencyMs=round(result.elapsed * 1000, 1) if result else None,
+        delaySeconds=round(outcome.delay, 3) if outcome.delay else None,
+    )
+    return outcome

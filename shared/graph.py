@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -30,7 +31,10 @@ __all__ = [
 USER_AGENT = "intune-compliance-bridge/1.0"
 # Graph answers this for the deviceRunStates navigation on tenants where the write is not routed.
 ROUTE_UNSUPPORTED = "no method match route template"
-_RUN_STATE_ID = re.compile(r"^[A-Za-z0-9:_.-]{1,256}$")
+# Any claims challenge makes azure-identity bypass its token cache and fetch a new token.
+REFRESH_CLAIMS = '{"access_token":{"nbf":{"essential":true}}}'
+FORBIDDEN_REFRESH_INTERVAL = 30.0
+_RUN_STATE_ID = re.compile(r"[A-Za-z0-9:_.-]{1,256}")
 
 
 class Outcome(StrEnum):
@@ -93,7 +97,7 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
 def run_state_url(base_url: str, script_id: str, run_state_id: str) -> str:
     """Both ids are checked here, so nothing like `../`, `%2F`, `?` or `#` can retarget the call."""
     script_id = canonical_guid(script_id)
-    if not _RUN_STATE_ID.match(run_state_id):
+    if not _RUN_STATE_ID.fullmatch(run_state_id):
         raise ValueError("run-state id has characters that are not allowed in a Graph key")
     scripts = f"{base_url}/deviceManagement/deviceComplianceScripts"
     return f"{scripts}/{script_id}/deviceRunStates/{run_state_id}"
@@ -162,6 +166,8 @@ class GraphClient:
         self._session.mount("https://", adapter)
         self._session.mount("http://", adapter)
         self._session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json"})
+        self._lock = threading.Lock()
+        self._last_refresh = -FORBIDDEN_REFRESH_INTERVAL
 
     def patch_run_state(
         self, script_id: str, run_state_id: str, body: dict[str, Any]
@@ -170,36 +176,55 @@ class GraphClient:
         return self._call("PATCH", url, body)
 
     def _call(self, method: str, url: str, body: dict[str, Any] | None = None) -> GraphResult:
+        """One logical call; a 401, or a 403 now and then, is retried once with a fresh token."""
+        result = self._send(method, url, body, fresh_token=False)
+        if result.status == 401 or (result.status == 403 and self._refresh_allowed()):
+            result = self._send(method, url, body, fresh_token=True)
+        return result
+
+    def _refresh_allowed(self) -> bool:
+        # A newly granted app role only reaches new tokens, and the credential caches tokens for
+        # hours: refresh after a 403, but not more often than this, so a tenant that lacks the
+        # role does not turn every message into a token request.
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last_refresh < FORBIDDEN_REFRESH_INTERVAL:
+                return False
+            self._last_refresh = now
+            return True
+
+    def _token(self, fresh: bool) -> str:
+        if fresh:
+            return self._credential.get_token(self.scope, claims=REFRESH_CLAIMS).token
+        return self._credential.get_token(self.scope).token
+
+    def _send(
+        self, method: str, url: str, body: dict[str, Any] | None, *, fresh_token: bool
+    ) -> GraphResult:
         client_request_id = str(uuid.uuid4())
         started = time.monotonic()
-        try:
-            token = self._credential.get_token(self.scope).token
-        except Exception:  # azure-identity raises several types; all mean "no token right now"
+
+        def failed(reason: str) -> GraphResult:
             return GraphResult(
                 Outcome.TRANSIENT,
-                "token_unavailable",
+                reason,
                 client_request_id=client_request_id,
                 elapsed=time.monotonic() - started,
             )
+
+        try:
+            token = self._token(fresh_token)
+        except Exception:  # azure-identity raises several types; all mean "no token right now"
+            return failed("token_unavailable")
         headers = {"Authorization": f"Bearer {token}", "client-request-id": client_request_id}
         try:
             response = self._session.request(
                 method, url, json=body, headers=headers, timeout=self._timeout
             )
         except requests.Timeout:
-            return GraphResult(
-                Outcome.TRANSIENT,
-                "timeout",
-                client_request_id=client_request_id,
-                elapsed=time.monotonic() - started,
-            )
+            return failed("timeout")
         except requests.RequestException:
-            return GraphResult(
-                Outcome.TRANSIENT,
-                "connection_error",
-                client_request_id=client_request_id,
-                elapsed=time.monotonic() - started,
-            )
+            return failed("connection_error")
         error_code, inner_request_id = (None, None) if response.ok else _graph_error(response)
         outcome, reason = classify(response.status_code, error_code)
         return GraphResult(

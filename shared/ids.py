@@ -7,12 +7,13 @@ import uuid
 
 __all__ = ["REPORT_ID", "canonical_guid", "is_guid", "new_report_id"]
 
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-REPORT_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# fullmatch, not `$`: `$` also matches before a trailing newline.
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+REPORT_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def is_guid(value: object) -> bool:
-    return isinstance(value, str) and bool(_GUID.match(value))
+    return isinstance(value, str) and bool(_GUID.fullmatch(value))
 
 
 def canonical_guid(value: str) -> str:

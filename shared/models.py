@@ -95,7 +95,7 @@ Guid = Annotated[str, BeforeValidator(lambda v: canonical_guid(v) if isinstance(
 
 
 def _report_id(value: Any) -> Any:
-    if isinstance(value, str) and not REPORT_ID.match(value):
+    if isinstance(value, str) and not REPORT_ID.fullmatch(value):
         raise ValueError("must be 1-64 characters of A-Z a-z 0-9 . _ -")
     return value
 

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
-from shared.graph import GraphClient, make_credential
+from shared.graph import GraphClient, TokenSource, make_credential
+from shared.pacing import TokenBucket
 from shared.settings import Settings, get_settings
+from shared.store import Storage
 
 __all__ = ["Bridge", "get_bridge"]
 
 
-@dataclass(frozen=True)
+@dataclass
 class Bridge:
+    """The settings and the network clients of one worker process."""
+
     settings: Settings
     graph: GraphClient
+    credential: TokenSource | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Bridge:
@@ -26,7 +33,29 @@ class Bridge:
             connect_timeout=settings.graph_connect_timeout,
             read_timeout=settings.graph_read_timeout,
         )
-        return cls(settings=settings, graph=graph)
+        return cls(settings=settings, graph=graph, credential=credential)
+
+    @cached_property
+    def storage(self) -> Storage:
+        """Queue, table and blob clients; the queues and table are created if missing."""
+        with self._lock:
+            if "storage" in self.__dict__:  # another thread built it while we waited
+                return self.__dict__["storage"]
+            credential = None
+            if self.settings.storage_connection is None:
+                client_id = self.settings.storage_client_id or self.settings.azure_client_id
+                credential = (
+                    self.credential
+                    if client_id == self.settings.azure_client_id and self.credential
+                    else make_credential(client_id, self.settings.credential)
+                )
+            storage = Storage(self.settings, credential)
+            storage.ensure()
+            return storage
+
+    @cached_property
+    def pacer(self) -> TokenBucket:
+        return TokenBucket(self.settings.graph_writes_per_second)
 
 
 _lock = threading.Lock()

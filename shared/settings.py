@@ -10,7 +10,17 @@ from enum import StrEnum
 from functools import lru_cache
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from shared.ids import canonical_guid
 
@@ -38,7 +48,7 @@ _ISO_DURATION = re.compile(
     r"^P(?:(?P<d>\d+)D)?(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$", re.I
 )
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_TEMPLATE_LITERALS = re.compile(r"^[A-Za-z0-9:_.-]*$")
+_TEMPLATE_LITERALS = re.compile(r"[A-Za-z0-9:_.-]*")
 
 
 def parse_duration(value: Any) -> timedelta:
@@ -86,7 +96,7 @@ class Settings(BaseModel):
     graph_base_url: str | None = Field(None, alias="GRAPH_BASE_URL")
     azure_client_id: str | None = Field(None, alias="AZURE_CLIENT_ID")
     credential: str = Field("managed_identity", alias="BRIDGE_CREDENTIAL")
-    delivery_mode: str = Field("sync", alias="BRIDGE_DELIVERY_MODE")
+    delivery_mode: str = Field("queue", alias="BRIDGE_DELIVERY_MODE")
     max_body_bytes: int = Field(2 * 1024 * 1024, alias="BRIDGE_MAX_BODY_BYTES", gt=0)
     max_output_chars: int = Field(1_048_576, alias="BRIDGE_MAX_OUTPUT_CHARS", ge=64)
     script_interval: Duration = Field(timedelta(hours=8), alias="BRIDGE_SCRIPT_INTERVAL")
@@ -97,10 +107,33 @@ class Settings(BaseModel):
     allowed_script_ids: Annotated[frozenset[str], BeforeValidator(_split_list)] = Field(
         frozenset(), alias="BRIDGE_ALLOWED_SCRIPT_IDS"
     )
+    # Device authentication (docs/authentication.md): every listed mode must pass.
+    auth_modes: Annotated[frozenset[str], BeforeValidator(_split_list)] = Field(
+        frozenset({"function"}), alias="BRIDGE_AUTH_MODE", validate_default=True
+    )
+    trusted_ca_certs: tuple[bytes, ...] = Field(
+        (), alias="BRIDGE_TRUSTED_CA_CERTS", repr=False, validate_default=True
+    )
+    hmac_secrets: Annotated[tuple[SecretStr, ...], BeforeValidator(_split_list)] = Field(
+        (), alias="BRIDGE_HMAC_SECRETS", repr=False, validate_default=True
+    )
+    device_rate_limit: int = Field(60, alias="BRIDGE_DEVICE_RATE_LIMIT", ge=0)
     graph_connect_timeout: float = Field(3.05, alias="BRIDGE_GRAPH_CONNECT_TIMEOUT", gt=0)
     graph_read_timeout: float = Field(15.0, alias="BRIDGE_GRAPH_READ_TIMEOUT", gt=0)
     sync_attempts: int = Field(3, alias="BRIDGE_SYNC_ATTEMPTS", ge=1, le=10)
     sync_max_wait: Duration = Field(timedelta(seconds=10), alias="BRIDGE_SYNC_MAX_WAIT")
+    graph_writes_per_second: float = Field(8.0, alias="BRIDGE_GRAPH_WRITES_PER_SECOND", gt=0)
+    max_attempts: int = Field(20, alias="BRIDGE_MAX_ATTEMPTS", ge=1)
+    max_age: Duration = Field(timedelta(hours=24), alias="BRIDGE_MAX_AGE")
+    delivery_lease: Duration = Field(timedelta(seconds=60), alias="BRIDGE_DELIVERY_LEASE")
+    # Host storage, as the Functions host reads it: a connection string (Azurite locally), or
+    # identity-based service URIs with the managed identity in Azure (no shared keys).
+    storage_connection: SecretStr | None = Field(None, alias="AzureWebJobsStorage")
+    storage_account: str | None = Field(None, alias="AzureWebJobsStorage__accountName")
+    storage_queue_uri: str | None = Field(None, alias="AzureWebJobsStorage__queueServiceUri")
+    storage_table_uri: str | None = Field(None, alias="AzureWebJobsStorage__tableServiceUri")
+    storage_blob_uri: str | None = Field(None, alias="AzureWebJobsStorage__blobServiceUri")
+    storage_client_id: str | None = Field(None, alias="AzureWebJobsStorage__clientId")
 
     @field_validator("credential")
     @classmethod
@@ -114,9 +147,23 @@ class Settings(BaseModel):
     @classmethod
     def _delivery_mode(cls, value: str) -> str:
         value = value.strip().lower()
-        if value != "sync":
-            raise ValueError("must be sync (queue mode is not available in this version)")
+        if value not in {"queue", "sync"}:
+            raise ValueError("must be queue or sync")
         return value
+
+    @model_validator(mode="after")
+    def _storage(self) -> Settings:
+        if self.delivery_mode == "queue" and not (
+            self.storage_connection
+            or self.storage_account
+            or (self.storage_queue_uri and self.storage_table_uri and self.storage_blob_uri)
+        ):
+            raise ValueError(
+                "queue mode needs AzureWebJobsStorage (a connection string) or "
+                "AzureWebJobsStorage__accountName / __queueServiceUri, __tableServiceUri, "
+                "__blobServiceUri"
+            )
+        return self
 
     @field_validator("graph_base_url")
     @classmethod
@@ -141,7 +188,7 @@ class Settings(BaseModel):
         if value == "lookup":
             raise ValueError("the lookup strategy is not available in this version")
         literals = value.replace("{scriptId}", "").replace("{deviceId}", "")
-        if "{deviceId}" not in value or not _TEMPLATE_LITERALS.match(literals):
+        if "{deviceId}" not in value or not _TEMPLATE_LITERALS.fullmatch(literals):
             raise ValueError(
                 "needs {deviceId}, may use {scriptId}, otherwise only A-Z a-z 0-9 : _ . -"
             )
@@ -151,6 +198,43 @@ class Settings(BaseModel):
     @classmethod
     def _script_ids(cls, value: frozenset[str]) -> frozenset[str]:
         return frozenset(canonical_guid(item) for item in value)
+
+    @field_validator("auth_modes")
+    @classmethod
+    def _auth_modes(cls, value: frozenset[str]) -> frozenset[str]:
+        from shared.auth import AUTH_MODES
+
+        modes = frozenset(mode.lower() for mode in value)
+        if not modes or not modes <= set(AUTH_MODES):
+            raise ValueError(f"must list one or more of {', '.join(AUTH_MODES)}")
+        return modes
+
+    @field_validator("trusted_ca_certs", mode="before")
+    @classmethod
+    def _ca_bundle(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            from shared.auth import load_ca_bundle
+
+            return load_ca_bundle(value)
+        return value
+
+    @field_validator("hmac_secrets")
+    @classmethod
+    def _hmac_secrets(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        from shared.auth import parse_hmac_secret
+
+        for secret in value:
+            parse_hmac_secret(secret.get_secret_value())
+        return value
+
+    @field_validator("trusted_ca_certs", "hmac_secrets")
+    @classmethod
+    def _required_by_mode(cls, value: tuple[Any, ...], info: ValidationInfo) -> tuple[Any, ...]:
+        mode = "certificate" if info.field_name == "trusted_ca_certs" else "hmac"
+        if not value and mode in info.data.get("auth_modes", ()):
+            name = cls.model_fields[str(info.field_name)].alias
+            raise ValueError(f"{name} is required when BRIDGE_AUTH_MODE includes {mode}")
+        return value
 
     @property
     def graph_root(self) -> str:
@@ -174,7 +258,9 @@ class Settings(BaseModel):
             return cls.model_validate(values)
         except ValidationError as exc:
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+                f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: "
+                f"{err['msg'].removeprefix('Value error, ')}"
+                for err in exc.errors()
             )
             raise SettingsError(f"invalid settings: {problems}") from None
 

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from devstack import graph, identity
+from devstack import azurite, graph, identity
 from devstack.serving import start_in_thread
-from tests.stack import Emulator, HostFactory, Process, host_env, start_process
+from tests.stack import Emulator, HostFactory, Process, StorageView, host_env, start_process
 
 IDENTITY_HEADER = secrets.token_urlsafe(16)
 
@@ -61,3 +61,32 @@ def start_host(graph_emulator: Emulator, identity_emulator: Emulator) -> Iterato
     yield factory
     for process in started:
         process.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite_server() -> Iterator[azurite.Azurite]:
+    server = azurite.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def storage(azurite_server: azurite.Azurite) -> StorageView:
+    """The bridge's queues, blobs and run-state table in Azurite, emptied for this test."""
+    view = StorageView(azurite_server.connection_string)
+    view.clear()
+    return view
+
+
+@pytest.fixture
+def start_queue_host(start_host: HostFactory, storage: StorageView) -> HostFactory:
+    """A host in queue mode on Azurite, its queue trigger polling like the Functions host."""
+
+    def factory(**settings: str) -> Process:
+        return start_host(
+            BRIDGE_DELIVERY_MODE="queue",
+            AzureWebJobsStorage=storage.connection_string,
+            **settings,
+        )
+
+    return factory

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,3 +138,48 @@ def report_body(**overrides: Any) -> dict[str, Any]:
 
 
 HostFactory = Callable[..., Process]
+
+
+class StorageView:
+    """Read and reset what the bridge keeps in Azurite, through the bridge's own Storage."""
+
+    def __init__(self, connection_string: str) -> None:
+        from shared.settings import Settings
+        from shared.store import Storage
+
+        self.connection_string = connection_string
+        self.storage = Storage(Settings(AzureWebJobsStorage=connection_string))
+        self.storage.ensure()
+
+    def clear(self) -> None:
+        self.storage.queue.clear_messages()
+        self.storage.poison.clear_messages()
+        for entity in list(self.storage.table.list_entities()):
+            self.storage.table.delete_entity(entity["PartitionKey"], entity["RowKey"])
+
+    def poison(self) -> list[dict[str, Any]]:
+        """Every poison message, read without taking it off the queue."""
+        return [json.loads(m.content) for m in self.storage.poison.peek_messages(max_messages=32)]
+
+    def queued(self) -> int:
+        return self.storage.queue.get_queue_properties().approximate_message_count
+
+    def row(self, script_id: str, device_id: str) -> dict[str, Any] | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return dict(self.storage.table.get_entity(script_id, device_id))
+        except ResourceNotFoundError:
+            return None
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 30, interval: float = 0.1) -> Any:
+    """Poll until `condition()` is truthy; fail the test with a clear message otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)

@@ -53,6 +53,7 @@ CASES: list[tuple[str, str, dict[str, str], bytes, int, str, str | None]] = [
     ("missing-device", "POST", JSON, json.dumps(without("deviceId")).encode(), 422, "invalid-report", "deviceId"),
     ("missing-script", "POST", JSON, json.dumps(without("scriptId")).encode(), 422, "invalid-report", "scriptId"),
     ("non-guid-device", "POST", JSON, json.dumps(report_body(deviceId="laptop-42")).encode(), 422, "invalid-report", "deviceId"),
+    ("newline-after-guid", "POST", JSON, json.dumps(report_body(deviceId=DEVICE + "\n")).encode(), 422, "invalid-report", "deviceId"),
     ("dotdot-device", "POST", JSON, json.dumps(report_body(deviceId="../../deviceManagement")).encode(), 422, "invalid-report", "deviceId"),
     ("encoded-slash-script", "POST", JSON, json.dumps(report_body(scriptId=f"{SCRIPT}%2F..")).encode(), 422, "invalid-report", "scriptId"),
     ("query-in-script", "POST", JSON, json.dumps(report_body(scriptId=f"{SCRIPT}?$select=id")).encode(), 422, "invalid-report", "scriptId"),
@@ -121,7 +122,7 @@ def test_declared_oversize_is_refused_by_content_length_alone() -> None:
     from shared.runtime import Bridge
     from shared.settings import Settings
 
-    settings = Settings(BRIDGE_MAX_BODY_BYTES=1024)
+    settings = Settings(BRIDGE_MAX_BODY_BYTES=1024, BRIDGE_DELIVERY_MODE="sync")
     bridge = Bridge(settings=settings, graph=None)  # type: ignore[arg-type]  # never reached
     headers = {"Content-Type": "application/json", "Content-Length": "1025"}
     response = ingest("POST", headers, b"{}", bridge=bridge)

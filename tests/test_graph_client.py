@@ -60,14 +60,14 @@ def test_outcome_classes(status: int, code: str | None, outcome: Outcome, reason
 
 
 @pytest.mark.parametrize(
-    "run_state_id", ["../x", "a/b", "a%2Fb", "a?b", "a#b", "", "a b", "x" * 257]
+    "run_state_id", ["../x", "a/b", "a%2Fb", "a?b", "a#b", "", "a b", "x" * 257, "a:b\n"]
 )
 def test_run_state_ids_that_could_retarget_the_url_are_refused(run_state_id: str) -> None:
     with pytest.raises(ValueError):
         run_state_url("https://graph.microsoft.com/beta", SCRIPT, run_state_id)
 
 
-@pytest.mark.parametrize("script_id", [f"{SCRIPT}/..", "..", f"{{{SCRIPT}}}", "x"])
+@pytest.mark.parametrize("script_id", [f"{SCRIPT}/..", "..", f"{{{SCRIPT}}}", "x", f"{SCRIPT}\n"])
 def test_script_ids_must_be_guids_before_a_url_is_built(script_id: str) -> None:
     with pytest.raises(ValueError):
         run_state_url("https://graph.microsoft.com/beta", script_id, "a:b")

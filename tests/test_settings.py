@@ -8,9 +8,16 @@ import pytest
 
 from shared.settings import Settings, SettingsError, parse_duration
 
+# Queue mode (the default) needs storage; these tests are about other settings.
+STORAGE = {"AzureWebJobsStorage": "UseDevelopmentStorage=true"}
+
+
+def load(**values: str) -> Settings:
+    return Settings.from_env({**STORAGE, **values})
+
 
 def test_defaults_are_designs() -> None:
-    s = Settings.from_env({})
+    s = load()
     assert s.max_body_bytes == 2 * 1024 * 1024
     assert s.max_output_chars == 1_048_576
     assert s.script_interval == timedelta(hours=8)
@@ -19,6 +26,8 @@ def test_defaults_are_designs() -> None:
     assert s.graph_url == "https://graph.microsoft.com/beta"
     assert s.graph_scope == "https://graph.microsoft.com/.default"
     assert s.credential == "managed_identity"
+    assert s.delivery_mode == "queue"
+    assert s.graph_writes_per_second == 8
 
 
 @pytest.mark.parametrize(
@@ -31,15 +40,13 @@ def test_defaults_are_designs() -> None:
     ],
 )
 def test_each_national_cloud_sets_graph_root_and_token_scope(cloud: str, root: str) -> None:
-    s = Settings.from_env({"BRIDGE_GRAPH_CLOUD": cloud})
+    s = load(BRIDGE_GRAPH_CLOUD=cloud)
     assert s.graph_url == f"{root}/beta"
     assert s.graph_scope == f"{root}/.default"
 
 
 def test_overriding_the_base_url_never_changes_the_token_audience() -> None:
-    s = Settings.from_env(
-        {"BRIDGE_GRAPH_CLOUD": "USGovL4", "GRAPH_BASE_URL": "http://127.0.0.1:7072/beta/"}
-    )
+    s = load(BRIDGE_GRAPH_CLOUD="USGovL4", GRAPH_BASE_URL="http://127.0.0.1:7072/beta/")
     assert s.graph_url == "http://127.0.0.1:7072/beta"
     assert s.graph_scope == "https://graph.microsoft.us/.default"
 
@@ -68,14 +75,15 @@ def test_durations_accept_the_forms_admins_write(text: str, seconds: int) -> Non
 )
 def test_invalid_setting_fails_naming_the_setting(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):
-        Settings.from_env({name: value})
+        Settings.from_env({**STORAGE, name: value})
 
 
 def test_allowed_script_ids_are_a_canonical_set() -> None:
     s = Settings.from_env(
         {
+            **STORAGE,
             "BRIDGE_ALLOWED_SCRIPT_IDS": "3C9E7A1D-5B2F-4E8C-A6D4-1F0B9E8C7A25, "
-            "0f8fad5b-d9cb-469f-a165-70867728950e"
+            "0f8fad5b-d9cb-469f-a165-70867728950e",
         }
     )
     assert s.allowed_script_ids == {
@@ -85,4 +93,13 @@ def test_allowed_script_ids_are_a_canonical_set() -> None:
 
 
 def test_empty_values_mean_unset() -> None:
-    assert Settings.from_env({"AZURE_CLIENT_ID": "", "GRAPH_BASE_URL": " "}).azure_client_id is None
+    assert load(AZURE_CLIENT_ID="", GRAPH_BASE_URL=" ").azure_client_id is None
+
+
+def test_queue_mode_needs_storage_and_sync_mode_does_not() -> None:
+    with pytest.raises(SettingsError, match="AzureWebJobsStorage"):
+        Settings.from_env({})
+    assert Settings.from_env({"BRIDGE_DELIVERY_MODE": "sync"}).delivery_mode == "sync"
+    assert load().delivery_mode == "queue"
+    identity_based = Settings.from_env({"AzureWebJobsStorage__accountName": "stbridge"})
+    assert identity_based.storage_connection is None

@@ -1,0 +1,289 @@
+// Intune compliance-script bridge: everything `azd up` (or `az deployment sub create`) provisions.
+// This file orchestrates; each module under app/ owns one thing. See docs/operations.md.
+targetScope = 'subscription'
+
+@minLength(1)
+@maxLength(64)
+@description('Name of the environment (azd: AZURE_ENV_NAME); seeds the resource group name and the token in every resource name.')
+param environmentName string
+
+@minLength(1)
+@description('Region for all resources; it must offer Flex Consumption (az functionapp list-flexconsumption-locations).')
+@metadata({
+  azd: {
+    type: 'location'
+  }
+})
+param location string
+
+@description('Principal id of whoever deploys (azd: AZURE_PRINCIPAL_ID); receives rights to set HMAC secrets and replay dead letters. Empty grants nothing.')
+param principalId string = ''
+
+@description('Kind of principal principalId is: User for a person, ServicePrincipal for a pipeline.')
+@allowed([
+  'User'
+  'ServicePrincipal'
+  'Group'
+])
+param principalType string = 'User'
+
+@description('Name of the resource group; empty derives rg-<environmentName>.')
+param resourceGroupName string = ''
+
+@description('Microsoft Graph national cloud the tenant lives in (BRIDGE_GRAPH_CLOUD); decides the Graph root and token audience.')
+@allowed([
+  'Global'
+  'USGovL4'
+  'USGovL5DoD'
+  'China'
+])
+param graphCloud string = 'Global'
+
+@description('How devices authenticate (BRIDGE_AUTH_MODE): certificate, hmac, function, or a comma-separated combination such as certificate,hmac.')
+@minLength(1)
+param authMode string = 'hmac'
+
+@description('Trusted Intune issuing CA certificates for certificate mode (BRIDGE_TRUSTED_CA_CERTS): PEM text, or the path of a PEM file inside the deployed package such as certs/intune-ca.pem. Required when authMode contains certificate.')
+param trustedCaCerts string = ''
+
+@description('Where client certificates are demanded when authMode contains certificate: functionApp sets clientCertEnabled/Required on the Flex Consumption app (unconfirmed whether Flex honours it: test before relying on it); external leaves the app without mTLS because a front such as API Management or Application Gateway validates the certificate and forwards it.')
+@allowed([
+  'functionApp'
+  'external'
+])
+param certificateFront string = 'functionApp'
+
+@description('queue: accept with 202 and deliver from the compliance-results queue; sync: deliver inline and answer with Graph\'s outcome (BRIDGE_DELIVERY_MODE).')
+@allowed([
+  'queue'
+  'sync'
+])
+param deliveryMode string = 'queue'
+
+@description('Graph writes per second across all instances (BRIDGE_GRAPH_WRITES_PER_SECOND). Intune allows 200 writes per 20 s per app per tenant, about 10/s; 8 leaves headroom.')
+@minValue(1)
+@maxValue(10)
+param graphWritesPerSecond int = 8
+
+@description('Reports one device may send per minute before getting 429 (BRIDGE_DEVICE_RATE_LIMIT); 0 turns the limit off.')
+@minValue(0)
+param deviceRateLimit int = 60
+
+@description('Python version of the Flex Consumption runtime; keep it equal to the version the tests run on.')
+param pythonVersion string = '3.11'
+
+@description('Memory per Flex Consumption instance in MB.')
+@allowed([
+  512
+  2048
+  4096
+])
+param instanceMemoryMB int = 2048
+
+@description('Most instances Flex Consumption may scale out to (40-1000). Graph writes stay paced to graphWritesPerSecond whatever the count.')
+@minValue(40)
+@maxValue(1000)
+param maximumInstanceCount int = 40
+
+@description('Compliance script ids (GUIDs) the bridge accepts reports for (BRIDGE_ALLOWED_SCRIPT_IDS); empty accepts every script.')
+param allowedScriptIds array = []
+
+@description('How the Graph run-state id is built from the script and device ids (BRIDGE_RUN_STATE_ID_TEMPLATE).')
+param runStateIdTemplate string = '{scriptId}:{deviceId}'
+
+@description('How often Intune runs the detection scripts (BRIDGE_SCRIPT_INTERVAL), used for expectedStateUpdateDateTime; e.g. 8h.')
+param scriptInterval string = '8h'
+
+@secure()
+@description('Initial HMAC secrets (Standard Webhooks whsec_..., comma-separated) stored in Key Vault; empty keeps whatever the vault holds. Rotate with az keyvault secret set (docs/operations.md).')
+param hmacSecrets string = ''
+
+@description('E-mail address that receives the bridge\'s alerts; empty creates the alert rules without notifications.')
+param alertEmail string = ''
+
+@description('Grant the managed identity Graph\'s DeviceManagementConfiguration.ReadWrite.All with the Microsoft Graph Bicep extension. Needs Entra admin rights; otherwise leave false and run infra/scripts/grant-graph-permission.sh.')
+param grantGraphPermission bool = false
+
+var abbrs = loadJsonContent('./abbreviations.json')
+var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
+var tags = {
+  'azd-env-name': environmentName
+}
+var functionAppName = '${abbrs.webSitesFunctions}api-${resourceToken}'
+// Flex Consumption deploys from a blob container; name copied from the azd Flex template.
+var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(toLower(uniqueString(functionAppName, resourceToken)), 7)}'
+// The queue trigger dead-letters to <queue>-poison; the names are the bridge's contract (DESIGN.md).
+var queueName = 'compliance-results'
+var poisonQueueName = '${queueName}-poison'
+var runStateTableName = 'runstates'
+var hmacSecretName = 'bridge-hmac-secrets'
+// mTLS on the app itself only when devices use certificates and no external front checks them.
+var enforceClientCertificate = contains(toLower(authMode), 'certificate') && certificateFront == 'functionApp'
+
+// The bridge's own settings; the host wiring (storage, telemetry, identity, Key Vault reference)
+// is added in app/api.bicep. Values equal the code's defaults unless a parameter says otherwise.
+var bridgeSettings = {
+  BRIDGE_GRAPH_CLOUD: graphCloud
+  BRIDGE_CREDENTIAL: 'managed_identity'
+  BRIDGE_DELIVERY_MODE: deliveryMode
+  BRIDGE_AUTH_MODE: authMode
+  BRIDGE_TRUSTED_CA_CERTS: trustedCaCerts
+  BRIDGE_DEVICE_RATE_LIMIT: string(deviceRateLimit)
+  BRIDGE_GRAPH_WRITES_PER_SECOND: string(graphWritesPerSecond)
+  BRIDGE_MAX_BODY_BYTES: '2097152'
+  BRIDGE_MAX_OUTPUT_CHARS: '1048576'
+  BRIDGE_SCRIPT_INTERVAL: scriptInterval
+  BRIDGE_CLOCK_SKEW: '5m'
+  BRIDGE_RUN_STATE_ID_TEMPLATE: runStateIdTemplate
+  BRIDGE_ALLOWED_SCRIPT_IDS: join(allowedScriptIds, ',')
+  BRIDGE_GRAPH_CONNECT_TIMEOUT: '3.05'
+  BRIDGE_GRAPH_READ_TIMEOUT: '15'
+  BRIDGE_SYNC_ATTEMPTS: '3'
+  BRIDGE_SYNC_MAX_WAIT: '10s'
+  BRIDGE_MAX_ATTEMPTS: '20'
+  BRIDGE_MAX_AGE: '24h'
+  BRIDGE_DELIVERY_LEASE: '60s'
+}
+
+resource rg 'Microsoft.Resources/resourceGroups@2025-04-01' = {
+  name: !empty(resourceGroupName) ? resourceGroupName : '${abbrs.resourcesResourceGroups}${environmentName}'
+  location: location
+  tags: tags
+}
+
+module identity 'app/identity.bicep' = {
+  name: 'identity'
+  scope: rg
+  params: {
+    name: '${abbrs.managedIdentityUserAssignedIdentities}api-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module storage 'app/storage.bicep' = {
+  name: 'storage'
+  scope: rg
+  params: {
+    name: '${abbrs.storageStorageAccounts}${resourceToken}'
+    location: location
+    tags: tags
+    deploymentContainerName: deploymentContainerName
+    queueName: queueName
+    poisonQueueName: poisonQueueName
+    runStateTableName: runStateTableName
+  }
+}
+
+module monitoring 'app/monitoring.bicep' = {
+  name: 'monitoring'
+  scope: rg
+  params: {
+    logAnalyticsName: '${abbrs.operationalInsightsWorkspaces}${resourceToken}'
+    applicationInsightsName: '${abbrs.insightsComponents}${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module keyVault 'app/keyvault.bicep' = {
+  name: 'keyvault'
+  scope: rg
+  params: {
+    name: '${abbrs.keyVaultVaults}${resourceToken}'
+    location: location
+    tags: tags
+    hmacSecretName: hmacSecretName
+    hmacSecrets: hmacSecrets
+  }
+}
+
+module rbac 'app/rbac.bicep' = {
+  name: 'rbac'
+  scope: rg
+  params: {
+    storageAccountName: storage.outputs.name
+    queueName: queueName
+    poisonQueueName: poisonQueueName
+    runStateTableName: runStateTableName
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    keyVaultName: keyVault.outputs.name
+    managedIdentityPrincipalId: identity.outputs.principalId
+    operatorPrincipalId: principalId
+    operatorPrincipalType: principalType
+  }
+}
+
+module api 'app/api.bicep' = {
+  name: 'api'
+  scope: rg
+  // Roles first: the app resolves its Key Vault reference and opens storage as soon as it starts.
+  dependsOn: [
+    rbac
+  ]
+  params: {
+    name: functionAppName
+    planName: '${abbrs.webServerFarms}${resourceToken}'
+    location: location
+    tags: tags
+    identityId: identity.outputs.resourceId
+    identityClientId: identity.outputs.clientId
+    storageAccountName: storage.outputs.name
+    deploymentContainerName: deploymentContainerName
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    runtimeVersion: pythonVersion
+    instanceMemoryMB: instanceMemoryMB
+    maximumInstanceCount: maximumInstanceCount
+    enforceClientCertificate: enforceClientCertificate
+    hmacSecretUri: keyVault.outputs.hmacSecretUri
+    bridgeSettings: bridgeSettings
+  }
+}
+
+module alerts 'app/alerts.bicep' = {
+  name: 'alerts'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    namePrefix: '${abbrs.insightsScheduledQueryRules}${resourceToken}-'
+    actionGroupName: '${abbrs.insightsActionGroups}${resourceToken}'
+    alertEmail: alertEmail
+  }
+}
+
+module workbook 'app/workbook.bicep' = {
+  name: 'workbook'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    displayName: 'Intune compliance-script bridge (${environmentName})'
+  }
+}
+
+module graphPermission 'app/graph-permission.bicep' = if (grantGraphPermission) {
+  name: 'graphPermission'
+  scope: rg
+  params: {
+    principalId: identity.outputs.principalId
+  }
+}
+
+// Outputs azd stores in the environment (.azure/<env>/.env); none of them is a secret.
+output AZURE_LOCATION string = location
+output AZURE_TENANT_ID string = tenant().tenantId
+output AZURE_RESOURCE_GROUP string = rg.name
+output AZURE_FUNCTION_APP_NAME string = api.outputs.name
+output AZURE_FUNCTION_NAME string = api.outputs.name
+output SERVICE_API_NAME string = api.outputs.name
+output SERVICE_API_URI string = api.outputs.uri
+output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
+output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
+output AZURE_KEY_VAULT_ENDPOINT string = keyVault.outputs.vaultUri
+output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.applicationInsightsName
+output AZURE_MANAGED_IDENTITY_CLIENT_ID string = identity.outputs.clientId
+output AZURE_MANAGED_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId
+output BRIDGE_GRAPH_PERMISSION_GRANTED bool = grantGraphPermission
