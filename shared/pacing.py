@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 __all__ = ["TokenBucket"]
 
+_EPSILON = 1e-9
+
 
 class TokenBucket:
     """A token bucket shared by the threads of one process; capacity bounds the burst."""
@@ -36,8 +38,8 @@ class TokenBucket:
                 now = self._clock()
                 self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
                 self._updated = now
-                if self._tokens >= 1:
-                    self._tokens -= 1
+                if self._tokens >= 1 - _EPSILON:  # float rounding must not stall a waiter
+                    self._tokens = max(self._tokens - 1, 0.0)
                     return waited
                 shortfall = (1 - self._tokens) / self.rate
             self._sleep(shortfall)
