@@ -3,6 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TOOLS := $(VENV)/.tools
 AZURITE := node_modules/.bin/azurite
 
 .PHONY: run test lint format install clean
@@ -18,7 +19,13 @@ $(AZURITE): package.json package-lock.json
 	npm ci --no-audit --no-fund --silent
 	touch $(AZURITE)
 
-install: $(STAMP) $(AZURITE)
+# The POSIX agent's tests run shellcheck and dash (Debian packages).
+$(TOOLS):
+	command -v shellcheck >/dev/null && command -v dash >/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq shellcheck dash; }
+	mkdir -p $(VENV) && touch $(TOOLS)
+
+install: $(STAMP) $(AZURITE) $(TOOLS)
 
 run: install
 	$(BIN)/python -m devstack up

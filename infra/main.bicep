@@ -143,6 +143,7 @@ var bridgeSettings = {
   BRIDGE_MAX_ATTEMPTS: '20'
   BRIDGE_MAX_AGE: '24h'
   BRIDGE_DELIVERY_LEASE: '60s'
+  BRIDGE_TELEMETRY_SCRIPT_OUTPUT: 'false'
 }
 
 resource rg 'Microsoft.Resources/resourceGroups@2025-04-01' = {

@@ -1,4 +1,5 @@
-"""Operator commands: `python -m shared replay [--reason R ...] [--dry-run]`."""
+"""Operator commands: `python -m shared replay [--reason R ...] [--dry-run]` and
+`python -m shared doctor [--script ID ...] [--probe-write] [--json]` (preflight checks)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,14 @@ def main(argv: list[str] | None = None) -> int:
         help="only messages poisoned for this reason (repeatable), e.g. forbidden",
     )
     replay.add_argument("--dry-run", action="store_true", help="count, move nothing")
+    from shared import doctor
+
+    doctor.add_arguments(
+        commands.add_parser("doctor", help="preflight: settings, Graph role and routes, storage")
+    )
     args = parser.parse_args(argv)
+    if args.command == "doctor":
+        return doctor.main(args)  # it reports invalid settings itself, one problem per line
     try:
         settings = get_settings()
     except SettingsError as exc:

@@ -22,7 +22,7 @@ from shared.ratelimit import device_limiter
 from shared.runtime import Bridge, get_bridge
 from shared.settings import SettingsError
 from shared.store import StorageError
-from shared.telemetry import emit
+from shared.telemetry import emit, script_output
 
 __all__ = ["PROBLEM_JSON", "ApiResponse", "health", "ingest", "problem"]
 
@@ -230,13 +230,14 @@ def ingest(
             data, context={"now": received_at, "clock_skew": settings.clock_skew}
         )
     except _BadRequest as bad:
-        emit("rejected", status=bad.response.status, reason=bad.response.body["type"])
+        slug = bad.response.body["type"].removeprefix(PROBLEM_BASE)
+        emit("rejected", status=bad.response.status, reason=slug)
         return bad.response
     except AuthError as refused:
         return _refused(refused)
     except ValidationError as exc:
         errors = _field_errors(exc)
-        emit("rejected", status=422, reason="invalid-report", fields=len(errors))
+        emit("rejected", status=422, reason="invalid-report", invalidFields=len(errors))
         return problem(
             422,
             "invalid-report",
@@ -279,7 +280,7 @@ def ingest(
     )
     if settings.delivery_mode == "queue":
         return _enqueue(bridge, report_id, report, state, received_at)
-    _accepted(report_id, report, state)
+    _accepted(report_id, report, state, settings.telemetry_script_output)
     delivery = deliver(
         bridge.graph,
         script_id=report.script_id,
@@ -288,17 +289,21 @@ def ingest(
         template=settings.run_state_id_template,
         attempts=settings.sync_attempts,
         max_wait=settings.sync_max_wait,
+        pacer=bridge.pacer,
     )
     return _delivery_response(report_id, report, state.detection_state.value, delivery)
 
 
-def _accepted(report_id: str, report: ComplianceReport, state: DeviceState) -> None:
+def _accepted(
+    report_id: str, report: ComplianceReport, state: DeviceState, with_output: bool = False
+) -> None:
     emit(
         "accepted",
         reportId=report_id,
         scriptId=report.script_id,
         deviceId=report.device_id,
         detectionState=state.detection_state.value,
+        scriptOutput=script_output(state.script_output, with_output),
     )
 
 
@@ -336,7 +341,7 @@ def _enqueue(
     except StorageError:
         # The report is queued; delivery records it in the table when it claims the write.
         logging.getLogger("bridge").warning("report %s queued but not recorded", report_id)
-    _accepted(report_id, report, state)
+    _accepted(report_id, report, state, bridge.settings.telemetry_script_output)
     return ApiResponse(202, {"reportId": report_id, "status": "queued"})
 
 

@@ -14,10 +14,10 @@ from typing import Any
 from shared.graph import GraphClient, GraphResult, Outcome
 from shared.ids import canonical_guid
 from shared.mapping import DeviceState
-from shared.pacing import TokenBucket
+from shared.pacing import Pacer
 from shared.settings import Settings
 from shared.store import Claim, Storage
-from shared.telemetry import emit
+from shared.telemetry import age_ms, emit
 
 __all__ = [
     "DeliveryResult",
@@ -62,6 +62,7 @@ def deliver(
     template: str,
     attempts: int = 1,
     max_wait: timedelta = timedelta(0),
+    pacer: Pacer | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> DeliveryResult:
     """Write one state, retrying transient outcomes while the total wait stays within `max_wait`.
@@ -75,7 +76,11 @@ def deliver(
     attempt = 0
     while True:
         attempt += 1
+        if pacer is not None:
+            pacer.acquire()
         result = graph.patch_run_state(script_id, key, body)
+        if pacer is not None and result.status == 429:
+            pacer.throttled(result.retry_after if result.retry_after is not None else 2.0)
         if result.outcome is not Outcome.TRANSIENT or attempt >= attempts:
             return DeliveryResult(result, attempt, key)
         delay = (
@@ -93,6 +98,8 @@ MESSAGE_SCHEMA = 1
 # Retry-After or backoff beyond this is capped: the message stays in the queue either way.
 MAX_DELAY_SECONDS = 3600
 BUSY_RETRY_SECONDS = 2.0
+# How long one execution may wait for write budget before it defers the message instead.
+BUDGET_WAIT_SECONDS = 3.0
 
 
 def version_key(moment: datetime) -> str:
@@ -166,7 +173,7 @@ def process_message(
     *,
     graph: GraphClient,
     storage: Storage,
-    pacer: TokenBucket,
+    pacer: Pacer,
     settings: Settings,
     now: datetime | None = None,
 ) -> QueueOutcome:
@@ -195,8 +202,16 @@ def process_message(
         storage.enqueue(message, delay)
         return QueueOutcome("retried", "busy", message, delay=delay)
 
+    if not pacer.acquire(max_wait=BUDGET_WAIT_SECONDS):
+        # Waiting longer would bill this execution for idling: hand the pair back and come later.
+        runstates.finish(
+            script_id, device_id, version, claim.owner,
+            delivered=False, outcome="retried", reason="budget",
+        )  # fmt: skip
+        delay = random.uniform(1.0, 5.0)  # noqa: S311 - spread, not secrecy
+        storage.enqueue(message, delay)
+        return QueueOutcome("retried", "budget", message, delay=delay)
     state = storage.load_state(message)
-    pacer.acquire()
     key = run_state_id(settings.run_state_id_template, script_id, device_id)
     result = graph.patch_run_state(script_id, key, state)
     if result.outcome is Outcome.DELIVERED:
@@ -214,6 +229,9 @@ def process_message(
         )  # fmt: skip
         return QueueOutcome("poisoned", result.reason, message, result)
 
+    if result.status == 429:
+        # Graph keeps counting while a client is throttled: every instance waits it out.
+        pacer.throttled(result.retry_after if result.retry_after is not None else 2.0)
     attempt = message["attempt"] + 1
     # After a timeout or a dropped connection Graph may still apply the write: keep the lease
     # until it runs out, so no other version of this pair is written in the meantime.
@@ -247,6 +265,9 @@ def on_queue_message(text: str, dequeue_count: int = 1) -> QueueOutcome:
         settings=bridge.settings,
     )
     message, result = outcome.message, outcome.result
+    attempt = message.get("attempt")
+    if result is not None and outcome.event != "retried" and isinstance(attempt, int):
+        attempt += 1  # the Graph attempt that decided this outcome, 1-based as in sync mode
     emit(
         outcome.event,
         level=logging.INFO if outcome.event in ("delivered", "ignored") else logging.WARNING,
@@ -256,12 +277,13 @@ def on_queue_message(text: str, dequeue_count: int = 1) -> QueueOutcome:
         detectionState=message.get("detectionState"),
         outcome=outcome.event,
         reason=outcome.reason,
-        attempt=message.get("attempt"),
+        attempt=attempt,
         dequeueCount=dequeue_count,
         graphStatus=result.status if result else None,
         graphRequestId=result.request_id if result else None,
         clientRequestId=result.client_request_id if result else None,
         latencyMs=round(result.elapsed * 1000, 1) if result else None,
-        delaySeconds=round(outcome.delay, 3) if outcome.delay else None,
+        retryDelayMs=round(outcome.delay * 1000) if outcome.delay else None,
+        ageMs=age_ms(message.get("acceptedAt")),
     )
     return outcome

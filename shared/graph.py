@@ -175,6 +175,10 @@ class GraphClient:
         url = run_state_url(self.base_url, script_id, run_state_id)
         return self._call("PATCH", url, body)
 
+    def get(self, path: str) -> GraphResult:
+        """A read under the Graph root (the preflight's probes); `path` starts with `/`."""
+        return self._call("GET", f"{self.base_url}{path}")
+
     def _call(self, method: str, url: str, body: dict[str, Any] | None = None) -> GraphResult:
         """One logical call; a 401, or a 403 now and then, is retried once with a fresh token."""
         result = self._send(method, url, body, fresh_token=False)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from shared.graph import GraphClient, TokenSource, make_credential
-from shared.pacing import TokenBucket
+from shared.pacing import Pacer, SharedBudget, TokenBucket
 from shared.settings import Settings, get_settings
 from shared.store import Storage
 
@@ -54,8 +54,12 @@ class Bridge:
             return storage
 
     @cached_property
-    def pacer(self) -> TokenBucket:
-        return TokenBucket(self.settings.graph_writes_per_second)
+    def pacer(self) -> Pacer:
+        """Queue mode shares the write budget across instances; sync mode paces this process."""
+        rate = self.settings.graph_writes_per_second
+        if self.settings.delivery_mode == "queue":
+            return SharedBudget(self.storage.table, rate)
+        return TokenBucket(rate)
 
 
 _lock = threading.Lock()

@@ -118,11 +118,14 @@ class Settings(BaseModel):
         (), alias="BRIDGE_HMAC_SECRETS", repr=False, validate_default=True
     )
     device_rate_limit: int = Field(60, alias="BRIDGE_DEVICE_RATE_LIMIT", ge=0)
+    # Telemetry: script output reaches Application Insights only when this opts in.
+    telemetry_script_output: bool = Field(False, alias="BRIDGE_TELEMETRY_SCRIPT_OUTPUT")
     graph_connect_timeout: float = Field(3.05, alias="BRIDGE_GRAPH_CONNECT_TIMEOUT", gt=0)
     graph_read_timeout: float = Field(15.0, alias="BRIDGE_GRAPH_READ_TIMEOUT", gt=0)
     sync_attempts: int = Field(3, alias="BRIDGE_SYNC_ATTEMPTS", ge=1, le=10)
     sync_max_wait: Duration = Field(timedelta(seconds=10), alias="BRIDGE_SYNC_MAX_WAIT")
-    graph_writes_per_second: float = Field(8.0, alias="BRIDGE_GRAPH_WRITES_PER_SECOND", gt=0)
+    # Across all instances; Intune allows 200 writes per 20 s per app, so at most 10.
+    graph_writes_per_second: float = Field(8.0, alias="BRIDGE_GRAPH_WRITES_PER_SECOND", gt=0, le=10)
     max_attempts: int = Field(20, alias="BRIDGE_MAX_ATTEMPTS", ge=1)
     max_age: Duration = Field(timedelta(hours=24), alias="BRIDGE_MAX_AGE")
     delivery_lease: Duration = Field(timedelta(seconds=60), alias="BRIDGE_DELIVERY_LEASE")

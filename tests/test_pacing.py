@@ -43,9 +43,26 @@ def test_token_bucket_saves_no_burst_while_idle() -> None:
     clock = FakeClock()
     bucket = TokenBucket(10, clock=clock, sleep=clock.sleep)
     clock.now = 3600.0
-    waits = [bucket.acquire() for _ in range(3)]
-    assert waits[0] == 0
-    assert waits[1] > 0 and waits[2] > 0
+    assert bucket.acquire()
+    assert clock.now == 3600.0
+    assert bucket.acquire()
+    assert clock.now >= 3600.1 - 1e-9
+
+
+def test_token_bucket_gives_up_instead_of_waiting_past_max_wait() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(1, clock=clock, sleep=clock.sleep)
+    assert bucket.acquire(max_wait=0)
+    assert not bucket.acquire(max_wait=0.5)
+    assert clock.now == 0
+
+
+def test_a_throttle_pauses_the_bucket_for_the_retry_after() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(100, clock=clock, sleep=clock.sleep)
+    bucket.throttled(5)
+    assert bucket.acquire()
+    assert clock.now >= 5
 
 
 def test_queue_delivery_stays_within_the_configured_rate(
