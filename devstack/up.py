@@ -79,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--storage-port", type=int, default=10000, help="Azurite blob port (queue +1, table +2)"
     )
+    parser.add_argument(
+        "--hosts",
+        type=int,
+        default=1,
+        help="function host processes competing for one queue, as scaled-out instances do",
+    )
     args = parser.parse_args(argv)
 
     env = dict(os.environ)
@@ -97,8 +103,12 @@ def main(argv: list[str] | None = None) -> int:
         identity = stack.start("identity", args.identity_port, env)
         env["GRAPH_BASE_URL"] = f"{graph}/beta"
         env["IDENTITY_ENDPOINT"] = f"{identity}/msi/token"
-        host = stack.start("host", args.port, env)
-        print(json.dumps({"ready": "up", "host": host, "graph": graph, "identity": identity}))
+        hosts = [
+            stack.start("host", args.port + n if args.port else 0, env) for n in range(args.hosts)
+        ]
+        host = hosts[0]
+        ready = {"ready": "up", "host": host, "hosts": hosts, "graph": graph, "identity": identity}
+        print(json.dumps(ready))
         print(
             f"\nThe bridge is listening on {host}/api"
             f" (Graph emulator {graph}, identity {identity})."

@@ -80,6 +80,11 @@ param pythonVersion string = '3.11'
 ])
 param instanceMemoryMB int = 2048
 
+// Scale-out and concurrency fit the shared write budget: every instance draws from one budget in
+// the run-state table (about 8 writes/s for the whole app), and a message that would wait more
+// than 3 s for it is handed back to the queue instead of idling. So more instances add no Graph
+// throughput, only polling; the platform's minimum bound (40) is the right default, and host.json
+// keeps each instance at 12 messages in flight (batchSize 8 + newBatchThreshold 4).
 @description('Most instances Flex Consumption may scale out to (40-1000). Graph writes stay paced to graphWritesPerSecond whatever the count.')
 @minValue(40)
 @maxValue(1000)

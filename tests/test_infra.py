@@ -768,4 +768,4 @@ def test_operations_doc_covers_the_runbook() -> None:
         "### Throttling",
     ):
         assert f"\n{heading}\n" in doc, heading
-    assert "the replay command (see README)" in doc
+    assert "python -m shared replay --reason" in doc
