@@ -213,3 +213,17 @@ def test_storage_outage_answers_503_with_retry_after_and_never_2xx(
     assert int(response.headers["Retry-After"]) >= 1
     assert "a2V5" not in response.text and "AccountKey" not in host.output
     assert graph.requests() == []
+
+
+def test_a_report_that_keeps_failing_goes_to_poison_when_its_attempts_run_out(
+    start_queue_host: HostFactory, emulators: tuple[Emulator, Emulator], storage: StorageView
+) -> None:
+    graph, _ = emulators
+    graph.post("faults", [{"status": 503, "retryAfter": "1"}])
+    host = start_queue_host(BRIDGE_MAX_ATTEMPTS="3")
+    assert post(host, version(1)).status_code == 202
+    [poisoned] = wait_for(storage.poison, timeout=60)
+    assert poisoned["reason"] == "retries_exhausted"
+    assert poisoned["lastReason"] == "server_error"
+    assert poisoned["graph"]["status"] == 503
+    assert [p["status"] for p in patches(graph)] == [503, 503, 503]
