@@ -155,6 +155,10 @@ class QueueOutcome:
     delay: float = 0.0
 
 
+def _accepted_at(message: dict[str, Any]) -> datetime:
+    return datetime.strptime(message["acceptedAt"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
 def _parse(text: str) -> dict[str, Any]:
     message = json.loads(text)
     if not isinstance(message, dict) or message.get("schema") != MESSAGE_SCHEMA:
@@ -163,6 +167,7 @@ def _parse(text: str) -> dict[str, Any]:
         canonical_guid(message[key])
     if not isinstance(message["version"], str) or not isinstance(message["attempt"], int):
         raise ValueError("bad version or attempt")
+    _accepted_at(message)
     if "state" not in message and "statePayload" not in message:
         raise ValueError("no state")
     return message
@@ -240,8 +245,7 @@ def process_message(
         script_id, device_id, version, claim.owner,
         delivered=False, outcome="retried", reason=result.reason, keep_lease=keep_lease,
     )  # fmt: skip
-    accepted = datetime.strptime(message["acceptedAt"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-    age = (now or datetime.now(UTC)) - accepted
+    age = (now or datetime.now(UTC)) - _accepted_at(message)
     if attempt >= settings.max_attempts or age > settings.max_age:
         poison = poison_message(message, "retries_exhausted", result, lastReason=result.reason)
         storage.enqueue(poison, poison=True)

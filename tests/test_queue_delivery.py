@@ -227,3 +227,20 @@ def test_a_report_that_keeps_failing_goes_to_poison_when_its_attempts_run_out(
     assert poisoned["lastReason"] == "server_error"
     assert poisoned["graph"]["status"] == 503
     assert [p["status"] for p in patches(graph)] == [503, 503, 503]
+
+
+def test_a_malformed_queue_message_is_poisoned_not_retried_forever(storage: StorageView) -> None:
+    from shared.delivery import process_message
+    from shared.settings import Settings
+
+    settings = Settings(AzureWebJobsStorage=storage.connection_string)
+    for text in ("not json", '{"schema": 1, "scriptId": "../x"}', '{"schema": 1}', "[]"):
+        outcome = process_message(
+            text,
+            graph=None,  # type: ignore[arg-type]  # never reached
+            storage=storage.storage,
+            pacer=None,  # type: ignore[arg-type]
+            settings=settings,
+        )
+        assert (outcome.event, outcome.reason) == ("poisoned", "malformed_message")
+    assert [p["reason"] for p in storage.poison()] == ["malformed_message"] * 4
