@@ -86,6 +86,26 @@ class Pki:
         common_name: str | None = None,
     ) -> x509.Certificate:
         """A device certificate like Intune's: CN = device id, client-auth EKU, no SAN."""
+        return self.leaf_with_key(
+            device_id,
+            not_before=not_before,
+            not_after=not_after,
+            usages=usages,
+            self_signed=self_signed,
+            common_name=common_name,
+        )[0]
+
+    def leaf_with_key(
+        self,
+        device_id: str | None = None,
+        *,
+        not_before: datetime | None = None,
+        not_after: datetime | None = None,
+        usages: tuple[x509.ObjectIdentifier, ...] | None = (ExtendedKeyUsageOID.CLIENT_AUTH,),
+        self_signed: bool = False,
+        common_name: str | None = None,
+    ) -> tuple[x509.Certificate, Key]:
+        """The same certificate with its private key, for a client that presents it over TLS."""
         now = datetime.now(UTC)
         key = _new_key()
         signer = key if self_signed else self.intermediate_key
@@ -109,7 +129,7 @@ class Pki:
         )
         if usages is not None:
             builder = builder.add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
-        return builder.sign(signer, hashes.SHA256())
+        return builder.sign(signer, hashes.SHA256()), key
 
 
 def header(cert: x509.Certificate) -> str:

@@ -29,11 +29,11 @@ import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 from standardwebhooks.webhooks import Webhook
 
 from tests.agent_vectors import VECTORS, Vector
-from tests.certs import INTUNE_CA, Pki, trusted
+from tests.certs import trusted
 from tests.stack import DEVICE, ROOT, SCRIPT, Emulator, HostFactory, StorageView, wait_for
 
 AGENT = ROOT / "agents" / "posix" / "compliance-agent.sh"
@@ -202,39 +202,6 @@ def problem(status: int, slug: str) -> dict[str, Any]:
 
 
 # --- a TLS front like App Service's --------------------------------------------------------------
-
-
-def device_certificate(
-    pki: Pki, device_id: str
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """An Intune-shaped device certificate (CN = device id, client-auth EKU) with its key.
-
-    tests/certs.py keeps the leaf's key to itself; an mTLS client needs it, so this builds the
-    same profile under the same pinned intermediate and returns both.
-    """
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
-        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, INTUNE_CA)]))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, True, False, False, False, False, False, False),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(pki.intermediate_key.public_key()),
-            critical=False,
-        )
-        .sign(pki.intermediate_key, hashes.SHA256())
-    )
-    return cert, key
 
 
 def write_pem(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
@@ -443,7 +410,7 @@ def test_a_certificate_report_passes_a_tls_front_and_reaches_graph(
     agent = make_agent(shell)
     front = TlsFront(host.url, pki.bundle_pem, agent.home)
     try:
-        cert, key = device_certificate(pki, DEVICE)
+        cert, key = pki.leaf_with_key(DEVICE)
         write_pem(agent.home / "device", cert, key)
         agent.configure(
             AGENT_BRIDGE_URL=front.url,
