@@ -13,8 +13,9 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from azure.core import MatchConditions
-from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.core.exceptions import ResourceNotFoundError
+
+from shared.store import write_if_unchanged
 
 __all__ = ["BUDGET_PARTITION", "Pacer", "SharedBudget", "TokenBucket"]
 
@@ -151,16 +152,4 @@ class SharedBudget:
 
     def _write(self, row: Any | None, key: str, fields: dict[str, Any]) -> bool:
         entity = {"PartitionKey": BUDGET_PARTITION, "RowKey": key, **fields}
-        try:
-            if row is None:
-                self.table.create_entity(entity)
-            else:
-                self.table.update_entity(
-                    entity,
-                    mode="replace",
-                    etag=row.metadata["etag"],
-                    match_condition=MatchConditions.IfNotModified,
-                )
-        except (ResourceExistsError, ResourceModifiedError):
-            return False
-        return True
+        return write_if_unchanged(self.table, row, entity)

@@ -37,6 +37,7 @@ __all__ = [
     "RunStateStore",
     "Storage",
     "StorageError",
+    "write_if_unchanged",
 ]
 
 QUEUE = "compliance-results"
@@ -160,6 +161,26 @@ class Storage:
                 self.payloads.delete_blob(message["statePayload"])
 
 
+def write_if_unchanged(table: Any, row: Any | None, entity: dict[str, Any]) -> bool:
+    """Create `entity`, or merge it into `row` if nobody changed `row` since it was read.
+
+    False means another writer got there first: the caller reads again and decides again.
+    """
+    try:
+        if row is None:
+            table.create_entity(entity)
+        else:
+            table.update_entity(
+                entity,
+                mode="merge",
+                etag=row.metadata["etag"],
+                match_condition=MatchConditions.IfNotModified,
+            )
+    except (ResourceExistsError, ResourceModifiedError):
+        return False
+    return True
+
+
 class RunStateStore:
     """Newest accepted and delivered versions per (script, device), and a per-pair write lease."""
 
@@ -173,20 +194,8 @@ class RunStateStore:
             return None
 
     def _write(self, entity: Any, fields: dict[str, Any], create: bool) -> bool:
-        """Create or ETag-guarded merge; False means someone else changed it first."""
-        try:
-            if create:
-                self.table.create_entity({**entity, **fields})
-            else:
-                self.table.update_entity(
-                    {"PartitionKey": entity["PartitionKey"], "RowKey": entity["RowKey"], **fields},
-                    mode="merge",
-                    etag=entity.metadata["etag"],
-                    match_condition=MatchConditions.IfNotModified,
-                )
-        except (ResourceExistsError, ResourceModifiedError):
-            return False
-        return True
+        keys = {"PartitionKey": entity["PartitionKey"], "RowKey": entity["RowKey"]}
+        return write_if_unchanged(self.table, None if create else entity, {**keys, **fields})
 
     def newest_accepted(self, script_id: str, device_id: str) -> str | None:
         row = self._read(script_id, device_id)
