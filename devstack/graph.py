@@ -54,7 +54,6 @@ READ_ROLES = (
 WRITE_METHODS = ("PATCH", "POST", "PUT", "DELETE")
 RETRY_AFTER_FORMATS = ("int", "fraction", "date")
 MAX_BATCH = 20
-SCRIPTS_PREFIX = "/deviceManagement/deviceComplianceScripts"
 DIAGNOSTIC = json.dumps(
     {"ServerInfo": {"DataCenter": "Devstack", "Slice": "E", "Ring": "0", "ScaleUnit": "000"}}
 )

@@ -9,6 +9,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -75,25 +76,9 @@ class Pki:
             c.public_bytes(Encoding.PEM).decode() for c in (self.root, self.intermediate)
         )
 
-    def leaf(
-        self,
-        device_id: str | None = None,
-        *,
-        not_before: datetime | None = None,
-        not_after: datetime | None = None,
-        usages: tuple[x509.ObjectIdentifier, ...] | None = (ExtendedKeyUsageOID.CLIENT_AUTH,),
-        self_signed: bool = False,
-        common_name: str | None = None,
-    ) -> x509.Certificate:
+    def leaf(self, device_id: str | None = None, **options: Any) -> x509.Certificate:
         """A device certificate like Intune's: CN = device id, client-auth EKU, no SAN."""
-        return self.leaf_with_key(
-            device_id,
-            not_before=not_before,
-            not_after=not_after,
-            usages=usages,
-            self_signed=self_signed,
-            common_name=common_name,
-        )[0]
+        return self.leaf_with_key(device_id, **options)[0]
 
     def leaf_with_key(
         self,
@@ -105,7 +90,7 @@ class Pki:
         self_signed: bool = False,
         common_name: str | None = None,
     ) -> tuple[x509.Certificate, Key]:
-        """The same certificate with its private key, for a client that presents it over TLS."""
+        """A device certificate (CN = device id, client-auth EKU, no SAN) and its private key."""
         now = datetime.now(UTC)
         key = _new_key()
         signer = key if self_signed else self.intermediate_key
