@@ -24,7 +24,16 @@ from pydantic import (
 
 from shared.ids import canonical_guid
 
-__all__ = ["CLOUDS", "Cloud", "Settings", "SettingsError", "get_settings", "parse_duration"]
+__all__ = [
+    "CLOUDS",
+    "DESTINATIONS",
+    "LOOKUP",
+    "Cloud",
+    "Settings",
+    "SettingsError",
+    "get_settings",
+    "parse_duration",
+]
 
 
 class Cloud(StrEnum):
@@ -36,6 +45,12 @@ class Cloud(StrEnum):
 
 # The Graph root decides the token audience. GRAPH_BASE_URL may point elsewhere (an emulator) but
 # the audience always follows the cloud, so no token is ever minted for the wrong cloud.
+MONITOR_AUDIENCES: dict[Cloud, str] = {
+    Cloud.GLOBAL: "https://monitor.azure.com",
+    Cloud.US_GOV_L4: "https://monitor.azure.us",
+    Cloud.US_GOV_L5_DOD: "https://monitor.azure.us",
+    Cloud.CHINA: "https://monitor.azure.cn",
+}
 CLOUDS: dict[Cloud, str] = {
     Cloud.GLOBAL: "https://graph.microsoft.com",
     Cloud.US_GOV_L4: "https://graph.microsoft.us",
@@ -49,6 +64,12 @@ _ISO_DURATION = re.compile(
 )
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _TEMPLATE_LITERALS = re.compile(r"[A-Za-z0-9:_.-]*")
+# A data collection rule's immutable id, and a DCR stream of a custom table.
+_DCR_ID = re.compile(r"dcr-[0-9a-f]{32}")
+_STREAM = re.compile(r"Custom-[A-Za-z0-9_]{1,60}_CL")
+DESTINATIONS = ("graph", "logs", "entra")
+# The lookup strategy lists deviceRunStates by device instead of building the id.
+LOOKUP = "lookup"
 
 
 def parse_duration(value: Any) -> timedelta:
@@ -75,6 +96,30 @@ def parse_duration(value: Any) -> timedelta:
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+def _check_template(value: str) -> str:
+    """The result enters a Graph URL: only known placeholders and URL-safe literals are allowed."""
+    literals = value.replace("{scriptId}", "").replace("{deviceId}", "")
+    if "{deviceId}" not in value or not _TEMPLATE_LITERALS.fullmatch(literals):
+        raise ValueError("needs {deviceId}, may use {scriptId}, otherwise only A-Z a-z 0-9 : _ . -")
+    return value
+
+
+def _entra_attributes(value: Any) -> Any:
+    """`<scriptId>=<1..15>` pairs: which extensionAttribute carries which script's state."""
+    if not isinstance(value, str):
+        return value
+    mapping: dict[str, int] = {}
+    for item in _split_list(value):
+        script, sep, number = item.partition("=")
+        if not sep or not number.strip().isdigit() or not 1 <= int(number) <= 15:
+            raise ValueError("each entry must be <scriptId>=<1..15>, e.g. 3c9e...=1")
+        script = canonical_guid(script.strip())
+        if script in mapping:
+            raise ValueError(f"script {script} is mapped twice")
+        mapping[script] = int(number)
+    return mapping
 
 
 def _split_list(value: Any) -> Any:
@@ -104,6 +149,21 @@ class Settings(BaseModel):
     run_state_id_template: str = Field(
         "{scriptId}:{deviceId}", alias="BRIDGE_RUN_STATE_ID_TEMPLATE"
     )
+    # With `lookup`: when the list names no run state for the device, write the template's id.
+    run_state_lookup_fallback: str | None = Field(None, alias="BRIDGE_RUN_STATE_LOOKUP_FALLBACK")
+    destinations: Annotated[tuple[str, ...], BeforeValidator(_split_list)] = Field(
+        ("graph",), alias="BRIDGE_DESTINATIONS"
+    )
+    logs_endpoint: str | None = Field(None, alias="BRIDGE_LOGS_ENDPOINT")
+    logs_rule_id: str | None = Field(None, alias="BRIDGE_LOGS_RULE_ID")
+    logs_stream: str = Field("Custom-IntuneComplianceScriptState_CL", alias="BRIDGE_LOGS_STREAM")
+    entra_attributes: Annotated[dict[str, int], BeforeValidator(_entra_attributes)] = Field(
+        default_factory=dict, alias="BRIDGE_ENTRA_ATTRIBUTES"
+    )
+    # An unchanged state is rewritten to graph/entra only this often; logs get every report.
+    refresh_interval: Duration = Field(timedelta(hours=8), alias="BRIDGE_REFRESH_INTERVAL")
+    # When set, a device certificate of another tenant is refused.
+    tenant_id: str | None = Field(None, alias="BRIDGE_TENANT_ID")
     allowed_script_ids: Annotated[frozenset[str], BeforeValidator(_split_list)] = Field(
         frozenset(), alias="BRIDGE_ALLOWED_SCRIPT_IDS"
     )
@@ -168,6 +228,64 @@ class Settings(BaseModel):
             )
         return self
 
+    @field_validator("destinations")
+    @classmethod
+    def _destinations(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        names = tuple(dict.fromkeys(item.lower() for item in value))
+        if not names or not set(names) <= set(DESTINATIONS):
+            raise ValueError(f"must list one or more of {', '.join(DESTINATIONS)}")
+        return names
+
+    @field_validator("logs_rule_id")
+    @classmethod
+    def _rule_id(cls, value: str | None) -> str | None:
+        if value is not None and not _DCR_ID.fullmatch(value.strip()):
+            raise ValueError("must be a data collection rule's immutable id (dcr- and 32 hex)")
+        return value.strip() if value else None
+
+    @field_validator("logs_stream")
+    @classmethod
+    def _stream(cls, value: str) -> str:
+        if not _STREAM.fullmatch(value.strip()):
+            raise ValueError("must name a custom table's stream, e.g. Custom-MyTable_CL")
+        return value.strip()
+
+    @field_validator("logs_endpoint")
+    @classmethod
+    def _logs_endpoint(cls, value: str | None) -> str | None:
+        if value and not re.match(r"^https?://[^\s/?#]+/?$", value.strip()):
+            raise ValueError(
+                "must be the DCR's logs ingestion endpoint, e.g. https://....ingest..."
+            )
+        return value.strip().rstrip("/") if value else None
+
+    @field_validator("tenant_id", "run_state_lookup_fallback")
+    @classmethod
+    def _optional_guid_or_template(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if not value:
+            return None
+        if info.field_name == "tenant_id":
+            return canonical_guid(value.strip())
+        return _check_template(value.strip())
+
+    @model_validator(mode="after")
+    def _destination_settings(self) -> Settings:
+        missing = []
+        if "logs" in self.destinations:
+            missing += [
+                name
+                for name, value in (
+                    ("BRIDGE_LOGS_ENDPOINT", self.logs_endpoint),
+                    ("BRIDGE_LOGS_RULE_ID", self.logs_rule_id),
+                )
+                if not value
+            ]
+        if "entra" in self.destinations and not self.entra_attributes:
+            missing.append("BRIDGE_ENTRA_ATTRIBUTES")
+        if missing:
+            raise ValueError(f"{', '.join(missing)} required by BRIDGE_DESTINATIONS")
+        return self
+
     @field_validator("graph_base_url")
     @classmethod
     def _base_url(cls, value: str | None) -> str | None:
@@ -187,15 +305,7 @@ class Settings(BaseModel):
     @field_validator("run_state_id_template")
     @classmethod
     def _template(cls, value: str) -> str:
-        # The result enters a Graph URL: only known placeholders and URL-safe literals are allowed.
-        if value == "lookup":
-            raise ValueError("the lookup strategy is not available in this version")
-        literals = value.replace("{scriptId}", "").replace("{deviceId}", "")
-        if "{deviceId}" not in value or not _TEMPLATE_LITERALS.fullmatch(literals):
-            raise ValueError(
-                "needs {deviceId}, may use {scriptId}, otherwise only A-Z a-z 0-9 : _ . -"
-            )
-        return value
+        return value if value == LOOKUP else _check_template(value)
 
     @field_validator("allowed_script_ids")
     @classmethod
@@ -251,6 +361,16 @@ class Settings(BaseModel):
     def graph_url(self) -> str:
         """Base URL including the version segment; defaults to the cloud's beta endpoint."""
         return self.graph_base_url or f"{self.graph_root}/beta"
+
+    @property
+    def graph_v1_url(self) -> str:
+        """The same root with the version segment replaced by v1.0 (Entra devices live there)."""
+        root, _, _version = self.graph_url.rpartition("/")
+        return f"{root}/v1.0"
+
+    @property
+    def monitor_scope(self) -> str:
+        return f"{MONITOR_AUDIENCES[self.graph_cloud]}/.default"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
