@@ -5,7 +5,7 @@ import os
 import azure.functions as func
 
 from shared import api, delivery
-from shared.store import QUEUE
+from shared.store import QUEUES
 
 # Function keys are the platform's check, and it applies them only to FUNCTION-level triggers: the
 # ingest route needs a key exactly when BRIDGE_AUTH_MODE lists `function` (the default). Certificate
@@ -40,6 +40,17 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
     return _http(api.health())
 
 
-@app.queue_trigger(arg_name="msg", queue_name=QUEUE, connection="AzureWebJobsStorage")
-def deliver(msg: func.QueueMessage) -> None:
-    delivery.on_queue_message(msg.get_body().decode("utf-8"), msg.dequeue_count)
+# One queue per destination, so one destination's outage never delays another's writes.
+@app.queue_trigger(arg_name="msg", queue_name=QUEUES["graph"], connection="AzureWebJobsStorage")
+def deliver_graph(msg: func.QueueMessage) -> None:
+    delivery.on_queue_message("graph", msg.get_body().decode("utf-8"), msg.dequeue_count)
+
+
+@app.queue_trigger(arg_name="msg", queue_name=QUEUES["logs"], connection="AzureWebJobsStorage")
+def deliver_logs(msg: func.QueueMessage) -> None:
+    delivery.on_queue_message("logs", msg.get_body().decode("utf-8"), msg.dequeue_count)
+
+
+@app.queue_trigger(arg_name="msg", queue_name=QUEUES["entra"], connection="AzureWebJobsStorage")
+def deliver_entra(msg: func.QueueMessage) -> None:
+    delivery.on_queue_message("entra", msg.get_body().decode("utf-8"), msg.dequeue_count)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -12,17 +14,19 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from shared import messages
 from shared.auth import AuthError, authenticate, check_device
-from shared.delivery import DeliveryResult, deliver, queue_message, version_key
-from shared.graph import Outcome
+from shared.delivery import QueueOutcome, emit_outcome
 from shared.ids import new_report_id
 from shared.mapping import DeviceState, map_report
 from shared.models import ComplianceReport
+from shared.policy import Acceptance
 from shared.ratelimit import device_limiter
 from shared.runtime import Bridge, get_bridge
 from shared.settings import SettingsError
 from shared.store import StorageError
 from shared.telemetry import emit, script_output
+from shared.timestamps import format_version
 
 __all__ = ["PROBLEM_JSON", "ApiResponse", "health", "ingest", "problem"]
 
@@ -278,24 +282,32 @@ def ingest(
         script_interval=settings.script_interval,
         max_output_chars=settings.max_output_chars,
     )
-    if settings.delivery_mode == "queue":
-        return _enqueue(bridge, report_id, report, state, received_at)
-    _accepted(report_id, report, state, settings.telemetry_script_output)
-    delivery = deliver(
-        bridge.graph,
-        script_id=report.script_id,
-        device_id=report.device_id,
+    return _accept(
+        bridge,
+        report_id=report_id,
+        report=report,
         state=state,
-        template=settings.run_state_id_template,
-        attempts=settings.sync_attempts,
-        max_wait=settings.sync_max_wait,
-        pacer=bridge.pacer,
+        received_at=received_at,
+        agent=_agent(headers),
     )
-    return _delivery_response(report_id, report, state.detection_state.value, delivery)
+
+
+_AGENT = re.compile(r"intune-compliance-agent/([A-Za-z0-9._+-]{1,32})")
+
+
+def _agent(headers: Mapping[str, str]) -> str | None:
+    """The reference agents name their version in User-Agent, so a rollout can be followed."""
+    match = _AGENT.search(headers.get("user-agent", "")[:256])
+    return match.group(1) if match else None
 
 
 def _accepted(
-    report_id: str, report: ComplianceReport, state: DeviceState, with_output: bool = False
+    report_id: str,
+    report: ComplianceReport,
+    state: DeviceState,
+    *,
+    with_output: bool,
+    agent: str | None,
 ) -> None:
     emit(
         "accepted",
@@ -303,66 +315,105 @@ def _accepted(
         scriptId=report.script_id,
         deviceId=report.device_id,
         detectionState=state.detection_state.value,
+        agentVersion=agent,
         scriptOutput=script_output(state.script_output, with_output),
     )
 
 
-def _enqueue(
+def _ignored(report_id: str, report: ComplianceReport, reason: str) -> ApiResponse:
+    emit("ignored", reportId=report_id, reason=reason, scriptId=report.script_id,
+         deviceId=report.device_id)  # fmt: skip
+    return ApiResponse(200, {"reportId": report_id, "status": "ignored", "reason": reason})
+
+
+def _not_stored(report_id: str) -> ApiResponse:
+    logging.getLogger("bridge").exception("could not store report %s", report_id)
+    return _unavailable(
+        "The report could not be stored; nothing was kept, send it again later.",
+        5,
+        reportId=report_id,
+    )
+
+
+def _accept(
     bridge: Bridge,
+    *,
     report_id: str,
     report: ComplianceReport,
     state: DeviceState,
     received_at: datetime,
+    agent: str | None,
 ) -> ApiResponse:
-    """Store first, answer second: a 2xx means the report is in the queue (or already known)."""
-    version = version_key(state.last_state_update)
+    """Stale check, record, then one message per destination (sync: Graph written inline).
+
+    Store first, answer second: a 2xx means the report is kept (or was already known). The
+    same checks, claim, budget and dead-lettering hold in both delivery modes.
+    """
+    settings = bridge.settings
+    version = format_version(state.last_state_update)
+    names = [
+        name
+        for name, destination in bridge.destinations.items()
+        if destination.wants(report.script_id)
+    ]
+    inline = settings.delivery_mode == "sync" and "graph" in names
+    lease = settings.delivery_lease.total_seconds()
     try:
-        storage = bridge.storage
-        newest = storage.runstates.newest_accepted(report.script_id, report.device_id)
-        if newest is not None and newest >= version:
-            reason = "duplicate" if newest == version else "stale"
-            emit("ignored", reportId=report_id, reason=reason, scriptId=report.script_id,
-                 deviceId=report.device_id)  # fmt: skip
-            return ApiResponse(200, {"reportId": report_id, "status": "ignored", "reason": reason})
-        storage.enqueue(
-            queue_message(report_id, report.script_id, report.device_id, state, received_at)
-        )
-    except (StorageError, ValueError):
-        logging.getLogger("bridge").exception("could not store report %s", report_id)
-        return _unavailable(
-            "The report could not be stored; nothing was kept, send it again later.",
-            5,
-            reportId=report_id,
-        )
-    try:
-        storage.runstates.accept(
-            report.script_id, report.device_id, version, report_id, state.detection_state.value
+        accepted = bridge.storage.runstates.accept(
+            report.script_id,
+            report.device_id,
+            version,
+            report_id,
+            state.detection_state.value,
+            claim=("graph", lease) if inline else None,
         )
     except StorageError:
-        # The report is queued; delivery records it in the table when it claims the write.
-        logging.getLogger("bridge").warning("report %s queued but not recorded", report_id)
-    _accepted(report_id, report, state, bridge.settings.telemetry_script_output)
+        return _not_stored(report_id)
+    if accepted.acceptance is not Acceptance.NEW:
+        return _ignored(report_id, report, accepted.acceptance.value)
+    if inline and not accepted.owner:
+        return _unavailable(
+            "Another report for this device and script is being written; send it again shortly.",
+            accepted.busy,
+            reportId=report_id,
+        )
+    build = functools.partial(
+        messages.build,
+        report_id=report_id,
+        script_id=report.script_id,
+        device_id=report.device_id,
+        state=state,
+        received_at=received_at,
+        agent=agent,
+    )
+    if inline:
+        outcome = bridge.delivery("graph").deliver_now(
+            build("graph"), accepted.row, accepted.owner, settings.sync_max_wait.total_seconds()
+        )
+        if outcome.outcome == "retried":
+            bridge.storage.runstates.unaccept(accepted.row, version, accepted.previous)
+            return _sync_response(report_id, report, state, outcome)
+        names.remove("graph")
+    try:
+        for name in names:
+            bridge.storage.enqueue(build(name))
+    except StorageError:
+        bridge.storage.runstates.unaccept(accepted.row, version, accepted.previous)
+        return _not_stored(report_id)
+    _accepted(report_id, report, state, with_output=settings.telemetry_script_output, agent=agent)
+    if inline:
+        return _sync_response(report_id, report, state, outcome)
     return ApiResponse(202, {"reportId": report_id, "status": "queued"})
 
 
-def _delivery_response(
-    report_id: str, report: ComplianceReport, detection_state: str, delivery: DeliveryResult
+def _sync_response(
+    report_id: str, report: ComplianceReport, state: DeviceState, outcome: QueueOutcome
 ) -> ApiResponse:
-    result = delivery.result
-    dims = {
-        "reportId": report_id,
-        "scriptId": report.script_id,
-        "deviceId": report.device_id,
-        "detectionState": detection_state,
-        "reason": result.reason,
-        "attempt": delivery.attempts,
-        "graphStatus": result.status,
-        "graphRequestId": result.request_id,
-        "clientRequestId": result.client_request_id,
-        "latencyMs": round(result.elapsed * 1000, 1),
-    }
-    if result.outcome is Outcome.DELIVERED:
-        emit("delivered", **dims)
+    """Sync mode answers with Graph's outcome: 200 delivered, 502 refused for good, else 503."""
+    emit_outcome("graph", outcome, None)
+    result = outcome.result
+    detection_state = state.detection_state.value
+    if outcome.outcome == "delivered" and result is not None:
         return ApiResponse(
             200,
             {
@@ -372,25 +423,26 @@ def _delivery_response(
                 "graphRequestId": result.request_id,
             },
         )
-    graph = {"status": result.status, "code": result.error_code, "requestId": result.request_id}
-    if result.outcome is Outcome.PERMANENT:
-        emit("poisoned", level=logging.WARNING, **dims)
+    graph = None
+    if result is not None:
+        graph = {"status": result.status, "code": result.error_code, "requestId": result.request_id}
+    if outcome.outcome == "poisoned" and result is not None:
         status_text = f"{result.status} {result.error_code or ''}".strip()
         return problem(
             502,
-            f"graph-{result.reason.replace('_', '-')}",
+            f"graph-{outcome.reason.replace('_', '-')}",
             "Graph refused the report",
-            f"Graph answered {status_text} ({result.reason}); request-id {result.request_id}.",
+            f"Graph answered {status_text} ({outcome.reason}); request-id {result.request_id}. "
+            "The report was dead-lettered; do not send it again.",
             reportId=report_id,
-            reason=result.reason,
+            reason=outcome.reason,
             graph=graph,
         )
-    emit("retried", level=logging.WARNING, **dims)
     return _unavailable(
-        f"Graph is unavailable ({result.reason}); the report was not stored, send it again later.",
-        result.retry_after if result.retry_after is not None else 30,
+        f"Graph is unavailable ({outcome.reason}); the report was not stored, send it again later.",
+        outcome.delay or 30,
         reportId=report_id,
-        reason=result.reason,
+        reason=outcome.reason,
         graph=graph,
     )
 

@@ -1,40 +1,43 @@
-"""What to do with a mapped report: derive its run-state id, write it, and decide on the outcome."""
+"""Deliver accepted reports to one destination: claim, budget, write, settle.
+
+Written once for every destination (`shared.destinations` holds what differs). Every message
+ends: delivered, ignored, or poisoned within `BRIDGE_MAX_ATTEMPTS` tries, counting the host's own
+redeliveries and every wait for a busy pair, the 429 gate or write budget. A message that waits
+comes back when the wait is over (a lease's end, the gate's opening, its reserved budget slot)
+instead of polling.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
-from shared.graph import GraphClient, GraphResult, Outcome
-from shared.ids import canonical_guid
-from shared.mapping import DeviceState
-from shared.pacing import Pacer
-from shared.settings import Settings
-from shared.store import Claim, Storage
+from shared import messages
+from shared.destinations import Destination, Item, Written
+from shared.outcomes import CallResult, Outcome
+from shared.pacing import MAX_RETRY_AFTER, SharedBudget, Slot
+from shared.policy import Claim
+from shared.settings import BUDGET_WAIT_SECONDS, Settings
+from shared.store import ClaimResult, Row, Storage
 from shared.telemetry import age_ms, emit
 
 __all__ = [
-    "DeliveryResult",
+    "Delivery",
     "QueueOutcome",
     "backoff_delay",
-    "deliver",
+    "emit_outcome",
     "on_queue_message",
-    "process_message",
-    "queue_message",
-    "run_state_id",
-    "version_key",
 ]
 
-
-def run_state_id(template: str, script_id: str, device_id: str) -> str:
-    """Server-side only: a device never chooses which run state it writes."""
-    return template.replace("{scriptId}", script_id).replace("{deviceId}", device_id)
+# Messages drained beside the trigger's own stay hidden this long while their batch is written.
+_DRAIN_VISIBILITY = 120
+# Retry-After absent on a 429: Graph's own guidance is a short back-off.
+_DEFAULT_THROTTLE = 2.0
 
 
 def backoff_delay(attempt: int, base: float = 1.0, cap: float = 60.0) -> float:
@@ -43,243 +46,298 @@ def backoff_delay(attempt: int, base: float = 1.0, cap: float = 60.0) -> float:
 
 
 @dataclass(frozen=True, slots=True)
-class DeliveryResult:
-    result: GraphResult
-    attempts: int
-    run_state_id: str
-
-    @property
-    def outcome(self) -> Outcome:
-        return self.result.outcome
-
-
-def deliver(
-    graph: GraphClient,
-    *,
-    script_id: str,
-    device_id: str,
-    state: DeviceState,
-    template: str,
-    attempts: int = 1,
-    max_wait: timedelta = timedelta(0),
-    pacer: Pacer | None = None,
-    sleep: Callable[[float], None] = time.sleep,
-) -> DeliveryResult:
-    """Write one state, retrying transient outcomes while the total wait stays within `max_wait`.
-
-    Queue mode calls this with one attempt and schedules retries itself; sync mode keeps the retry
-    short because an agent is waiting on the HTTP response.
-    """
-    key = run_state_id(template, script_id, device_id)
-    body = state.patch_body()
-    budget = max_wait.total_seconds()
-    attempt = 0
-    while True:
-        attempt += 1
-        if pacer is not None:
-            pacer.acquire()
-        result = graph.patch_run_state(script_id, key, body)
-        if pacer is not None and result.status == 429:
-            pacer.throttled(result.retry_after if result.retry_after is not None else 2.0)
-        if result.outcome is not Outcome.TRANSIENT or attempt >= attempts:
-            return DeliveryResult(result, attempt, key)
-        delay = (
-            result.retry_after if result.retry_after is not None else backoff_delay(attempt, 0.5, 4)
-        )
-        if delay > budget:
-            return DeliveryResult(result, attempt, key)
-        budget -= delay
-        sleep(delay)
-
-
-# ---- queue mode -------------------------------------------------------------------------------
-
-MESSAGE_SCHEMA = 1
-# Retry-After or backoff beyond this is capped: the message stays in the queue either way.
-MAX_DELAY_SECONDS = 3600
-BUSY_RETRY_SECONDS = 2.0
-# How long one execution may wait for write budget before it defers the message instead.
-BUDGET_WAIT_SECONDS = 3.0
-
-
-def version_key(moment: datetime) -> str:
-    """Fixed-width UTC text, so versions compare correctly as strings in the run-state table."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def queue_message(
-    report_id: str, script_id: str, device_id: str, state: DeviceState, received_at: datetime
-) -> dict[str, Any]:
-    return {
-        "schema": MESSAGE_SCHEMA,
-        "reportId": report_id,
-        "scriptId": script_id,
-        "deviceId": device_id,
-        "version": version_key(state.last_state_update),
-        "detectionState": state.detection_state.value,
-        "acceptedAt": version_key(received_at),
-        "attempt": 0,
-        "state": state.patch_body(),
-    }
-
-
-def poison_message(
-    message: dict[str, Any], reason: str, result: GraphResult | None, **extra: Any
-) -> dict[str, Any]:
-    """What an operator needs to act: the report, why it stopped, and Graph's own words."""
-    graph = None
-    if result is not None:
-        graph = {
-            "status": result.status,
-            "code": result.error_code,
-            "requestId": result.request_id,
-            "clientRequestId": result.client_request_id,
-        }
-    return {
-        "report": message,
-        "reason": reason,
-        "graph": graph,
-        "poisonedAt": version_key(datetime.now(UTC)),
-        **extra,
-    }
-
-
-@dataclass(frozen=True, slots=True)
 class QueueOutcome:
-    """What happened to one queue message; `event` is the telemetry event name."""
+    """What happened to one queued report: `outcome` is also its telemetry event's name."""
 
-    event: str
+    outcome: str
     reason: str
     message: dict[str, Any] = field(default_factory=dict)
-    result: GraphResult | None = None
+    result: CallResult | None = None
     delay: float = 0.0
 
 
-def _accepted_at(message: dict[str, Any]) -> datetime:
-    return datetime.strptime(message["acceptedAt"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+class Delivery:
+    """One destination's delivery, with the process's storage, write budget and settings."""
 
+    def __init__(
+        self,
+        destination: Destination,
+        storage: Storage,
+        budget: SharedBudget,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.destination = destination
+        self.name = destination.name
+        self.storage = storage
+        self.budget = budget
+        self.settings = settings
+        self._clock = clock
+        self._sleep = sleep
 
-def _parse(text: str) -> dict[str, Any]:
-    message = json.loads(text)
-    if not isinstance(message, dict) or message.get("schema") != MESSAGE_SCHEMA:
-        raise ValueError("not a bridge message")
-    for key in ("scriptId", "deviceId"):
-        canonical_guid(message[key])
-    if not isinstance(message["version"], str) or not isinstance(message["attempt"], int):
-        raise ValueError("bad version or attempt")
-    _accepted_at(message)
-    if "state" not in message and "statePayload" not in message:
-        raise ValueError("no state")
-    return message
+    # ---- queue mode ---------------------------------------------------------------------------
 
+    def process(self, text: str, dequeue_count: int = 1) -> list[QueueOutcome]:
+        """Deliver one queued message (and, for a batching destination, what waits behind it)."""
+        try:
+            message = messages.parse(text, self.name)
+        except messages.MalformedMessage:
+            raw = {"raw": text[:4096], "destination": self.name}
+            self.storage.enqueue(messages.poison(raw, "malformed_message"), poison=True)
+            return [QueueOutcome("poisoned", "malformed_message", raw)]
+        tries = message["attempt"] + max(dequeue_count, 1)
+        if tries > self.settings.max_attempts:
+            return [self._poison(message, "retries_exhausted", None)]
+        if not self.destination.ordered:
+            return self._unordered(message)
+        return [self._ordered(message, tries)]
 
-def process_message(
-    text: str,
-    *,
-    graph: GraphClient,
-    storage: Storage,
-    pacer: Pacer,
-    settings: Settings,
-    now: datetime | None = None,
-) -> QueueOutcome:
-    """Deliver one queued report once; retries are new messages with a visibility delay.
-
-    A storage failure raises, so the host retries the message (and after maxDequeueCount moves
-    it to the poison queue): nothing accepted is dropped.
-    """
-    try:
-        message = _parse(text)
-    except (ValueError, KeyError, TypeError):
-        storage.enqueue(
-            poison_message({"raw": text[:4096]}, "malformed_message", None), poison=True
+    def _ordered(self, message: dict[str, Any], tries: int) -> QueueOutcome:
+        claim = self.storage.runstates.claim(
+            self.name,
+            message["scriptId"],
+            message["deviceId"],
+            message["version"],
+            message.get("digest", ""),
+            lease_seconds=self.settings.delivery_lease.total_seconds(),
+            refresh_interval=self.settings.refresh_interval.total_seconds(),
         )
-        return QueueOutcome("poisoned", "malformed_message")
-    script_id, device_id, version = message["scriptId"], message["deviceId"], message["version"]
-    runstates = storage.runstates
-    claim = runstates.claim(script_id, device_id, version, settings.delivery_lease.total_seconds())
-    if claim.claim in (Claim.SUPERSEDED, Claim.DELIVERED):
-        storage.forget_payload(message)
-        reason = "superseded" if claim.claim is Claim.SUPERSEDED else "duplicate"
+        if claim.claim is Claim.BUSY:
+            # Back when the other delivery's lease ends, not before.
+            wait = claim.wait + random.uniform(0.1, 0.5)  # noqa: S311 - spread, not secrecy
+            return self._retry(message, tries, "busy", wait)
+        if claim.claim is not Claim.WRITE:
+            return self._ignore(message, claim)
+        wait = self._take_budget(message, change=claim.change)
+        if wait is not None:
+            self._finish(message, claim, "retried", wait.reason)
+            reason = wait.reason if claim.change or wait.reason == "throttled" else "refresh"
+            extra = {"slotAt": wait.at} if wait.at is not None else {}
+            return self._retry(message, tries, reason, wait.wait, extra)
+        item = Item(message, self.storage.load_state(message), claim.row)
+        written = self.destination.write([item], self._pace)[0]
+        return self._settle(message, tries, written, claim)
+
+    def _unordered(self, first: dict[str, Any]) -> list[QueueOutcome]:
+        """History rows: no claim; the backlog behind this message rides in the same call."""
+        batch: list[tuple[dict[str, Any], Any]] = [(first, None)]
+        outcomes = []
+        if self.destination.batch > 1:
+            queue = self.storage.queue(self.name)
+            for received in queue.receive_messages(
+                max_messages=min(self.destination.batch - 1, 31),
+                visibility_timeout=_DRAIN_VISIBILITY,
+            ):
+                try:
+                    batch.append((messages.parse(received.content, self.name), received))
+                except messages.MalformedMessage:
+                    raw = {"raw": received.content[:4096], "destination": self.name}
+                    self.storage.enqueue(messages.poison(raw, "malformed_message"), poison=True)
+                    queue.delete_message(received)
+                    outcomes.append(QueueOutcome("poisoned", "malformed_message", raw))
+                if len(batch) >= self.destination.batch:
+                    break
+        items = [Item(m, self.storage.load_state(m)) for m, _ in batch]
+        results = self.destination.write(items, self._pace)
+        for (message, received), written in zip(batch, results, strict=True):
+            tries = message["attempt"] + (received.dequeue_count if received else 1)
+            outcomes.append(self._settle(message, tries, written, None))
+            if received is not None:
+                self.storage.queue(self.name).delete_message(received)
+        return outcomes
+
+    def _take_budget(self, message: dict[str, Any], *, change: bool) -> Slot | None:
+        """None once a write slot is ours (after a short sleep); else the wait and why.
+
+        A change books the next slot even when it lies ahead, and its message comes back for
+        it; a refresh takes budget only when it is free now, so changes always go first.
+        """
+        if not self.destination.paced:
+            return None
+        booked = message.get("slotAt")
+        if isinstance(booked, int | float):
+            gate = self.budget.gate()
+            if gate > 0:
+                return Slot(None, gate, "throttled")
+            early = booked - self._clock()
+            if early <= BUDGET_WAIT_SECONDS:
+                self._sleep(max(early, 0.0))
+                return None
+        slot = self.budget.reserve(BUDGET_WAIT_SECONDS, book_ahead=change)
+        if slot.at is not None and slot.wait <= BUDGET_WAIT_SECONDS:
+            self._sleep(slot.wait)
+            return None
+        return slot
+
+    def _pace(self) -> bool:
+        """A token-refresh retry is a write too: it takes a slot like any other."""
+        if not self.destination.paced:
+            return True
+        return self.budget.acquire(BUDGET_WAIT_SECONDS).at is not None
+
+    def _settle(
+        self,
+        message: dict[str, Any],
+        tries: int,
+        written: Written,
+        claim: ClaimResult | None,
+    ) -> QueueOutcome:
+        """The one place an outcome is recorded: run-state row, payload, poison or retry."""
+        result = written.result
+        if result.outcome is Outcome.DELIVERED:
+            self._finish(message, claim, "delivered", result.reason, written, delivered=True)
+            self.storage.forget_payload(message)
+            return QueueOutcome("delivered", result.reason, message, result)
+        if result.outcome is Outcome.PERMANENT:
+            self._finish(message, claim, "poisoned", result.reason, written)
+            return self._poison(message, result.reason, result)
+        delay = result.retry_after
+        if result.status == 429 and self.destination.paced:
+            # Graph keeps counting while a client is throttled: every instance waits it out.
+            delay = self.budget.throttled(delay if delay is not None else _DEFAULT_THROTTLE)
+        # After a timeout or a dropped connection the write may still land: keep the lease
+        # until it runs out, so no other version of this pair is written in the meantime.
+        keep = result.reason in ("timeout", "connection_error")
+        self._finish(message, claim, "retried", result.reason, written, keep_lease=keep)
+        if delay is None:
+            delay = backoff_delay(tries, 2, 300)
+        return self._retry(message, tries, result.reason, delay, result=result)
+
+    def _finish(
+        self,
+        message: dict[str, Any],
+        claim: ClaimResult | None,
+        outcome: str,
+        reason: str,
+        written: Written | None = None,
+        *,
+        delivered: bool = False,
+        keep_lease: bool = False,
+    ) -> None:
+        if claim is None:
+            return
+        self.storage.runstates.finish(
+            self.name,
+            claim,
+            message["version"],
+            outcome=outcome,
+            reason=reason,
+            delivered=delivered,
+            digest=message.get("digest"),
+            detection_state=message.get("detectionState"),
+            keep_lease=keep_lease,
+            cache=written.cache if written else None,
+        )
+
+    def _ignore(self, message: dict[str, Any], claim: ClaimResult) -> QueueOutcome:
+        if claim.claim is Claim.UNCHANGED and claim.row is not None:
+            self.storage.runstates.skip_unchanged(self.name, claim.row, message["version"])
+        self.storage.forget_payload(message)
+        reason = {Claim.SUPERSEDED: "superseded", Claim.DELIVERED: "duplicate"}.get(
+            claim.claim, "unchanged"
+        )
         return QueueOutcome("ignored", reason, message)
-    if claim.claim is Claim.BUSY:
-        # Usually the other write ends within a second; the lease only matters after a crash.
-        delay = min(max(claim.wait, 1.0), BUSY_RETRY_SECONDS)
-        storage.enqueue(message, delay)
-        return QueueOutcome("retried", "busy", message, delay=delay)
 
-    if not pacer.acquire(max_wait=BUDGET_WAIT_SECONDS):
-        # Waiting longer would bill this execution for idling: hand the pair back and come later.
-        runstates.finish(
-            script_id, device_id, version, claim.owner,
-            delivered=False, outcome="retried", reason="budget",
-        )  # fmt: skip
-        delay = random.uniform(1.0, 5.0)  # noqa: S311 - spread, not secrecy
-        storage.enqueue(message, delay)
-        return QueueOutcome("retried", "budget", message, delay=delay)
-    state = storage.load_state(message)
-    key = run_state_id(settings.run_state_id_template, script_id, device_id)
-    result = graph.patch_run_state(script_id, key, state)
-    if result.outcome is Outcome.DELIVERED:
-        runstates.finish(
-            script_id, device_id, version, claim.owner,
-            delivered=True, outcome="delivered", reason=result.reason,
-        )  # fmt: skip
-        storage.forget_payload(message)
-        return QueueOutcome("delivered", result.reason, message, result)
-    if result.outcome is Outcome.PERMANENT:
-        storage.enqueue(poison_message(message, result.reason, result), poison=True)
-        runstates.finish(
-            script_id, device_id, version, claim.owner,
-            delivered=False, outcome="poisoned", reason=result.reason,
-        )  # fmt: skip
-        return QueueOutcome("poisoned", result.reason, message, result)
+    def _retry(
+        self,
+        message: dict[str, Any],
+        tries: int,
+        reason: str,
+        delay: float,
+        extra: dict[str, Any] | None = None,
+        *,
+        result: CallResult | None = None,
+    ) -> QueueOutcome:
+        """Send the report again after `delay`, unless its tries or its age are spent."""
+        age = datetime.now(UTC) - messages.accepted_at(message)
+        if tries >= self.settings.max_attempts or age > self.settings.max_age:
+            if reason == "refresh":
+                # A refresh that never found free budget: the next report refreshes the pair.
+                self.storage.forget_payload(message)
+                return QueueOutcome("ignored", "refresh_skipped", message)
+            return self._poison(message, "retries_exhausted", result, lastReason=reason)
+        delay = min(max(delay, 0.0), MAX_RETRY_AFTER)
+        again = {k: v for k, v in message.items() if k != "slotAt"}
+        again |= {"attempt": tries, "lastReason": reason, **(extra or {})}
+        self.storage.enqueue(again, delay)
+        return QueueOutcome("retried", reason, again, result, delay)
 
-    if result.status == 429:
-        # Graph keeps counting while a client is throttled: every instance waits it out.
-        pacer.throttled(result.retry_after if result.retry_after is not None else 2.0)
-    attempt = message["attempt"] + 1
-    # After a timeout or a dropped connection Graph may still apply the write: keep the lease
-    # until it runs out, so no other version of this pair is written in the meantime.
-    keep_lease = result.reason in ("timeout", "connection_error")
-    runstates.finish(
-        script_id, device_id, version, claim.owner,
-        delivered=False, outcome="retried", reason=result.reason, keep_lease=keep_lease,
-    )  # fmt: skip
-    age = (now or datetime.now(UTC)) - _accepted_at(message)
-    if attempt >= settings.max_attempts or age > settings.max_age:
-        poison = poison_message(message, "retries_exhausted", result, lastReason=result.reason)
-        storage.enqueue(poison, poison=True)
-        return QueueOutcome("poisoned", "retries_exhausted", message, result)
-    delay = result.retry_after if result.retry_after is not None else backoff_delay(attempt, 2, 300)
-    delay = min(delay, MAX_DELAY_SECONDS)
-    storage.enqueue({**message, "attempt": attempt}, delay)
-    return QueueOutcome("retried", result.reason, {**message, "attempt": attempt}, result, delay)
+    def _poison(
+        self, message: dict[str, Any], reason: str, result: CallResult | None, **extra: Any
+    ) -> QueueOutcome:
+        error = result.error() if result is not None else None
+        self.storage.enqueue(messages.poison(message, reason, error, **extra), poison=True)
+        return QueueOutcome("poisoned", reason, message, result)
+
+    # ---- sync mode ----------------------------------------------------------------------------
+
+    def deliver_now(
+        self, message: dict[str, Any], row: Row, owner: str, max_wait: float
+    ) -> QueueOutcome:
+        """Write one accepted report inline (sync mode), its pair's lease already taken.
+
+        The same budget, gate, outcome classes and dead-lettering as the queue; transient
+        failures retry while `max_wait` lasts, and then the caller gives the acceptance back.
+        """
+        claim = ClaimResult(Claim.WRITE, row, owner)
+        started = self._clock()
+        deadline = started + max_wait
+        # Another try must end before the lease does, or it could land after a newer write.
+        worst = self.settings.graph_connect_timeout + self.settings.graph_read_timeout
+        lease_end = started + self.settings.delivery_lease.total_seconds()
+        tries = 0
+        while True:
+            tries += 1
+            slot = self.budget.acquire(max(deadline - self._clock(), 0.0))
+            if slot.at is None:
+                self._finish(message, claim, "retried", slot.reason)
+                return QueueOutcome("retried", slot.reason, message, delay=slot.wait)
+            item = Item(message, message["state"], row)
+            written = self.destination.write([item], self._pace)[0]
+            result = written.result
+            if result.outcome is not Outcome.TRANSIENT:
+                outcome = "delivered" if result.outcome is Outcome.DELIVERED else "poisoned"
+                self._finish(
+                    message,
+                    claim,
+                    outcome,
+                    result.reason,
+                    written,
+                    delivered=outcome == "delivered",
+                )
+                if outcome == "poisoned":
+                    self._poison(message, result.reason, result)
+                return QueueOutcome(outcome, result.reason, message, result)
+            delay = result.retry_after
+            if result.status == 429:
+                delay = self.budget.throttled(delay if delay is not None else _DEFAULT_THROTTLE)
+            delay = delay if delay is not None else backoff_delay(tries, 0.5, 4)
+            # Trying the same state again under our own lease is safe; giving up after a write
+            # that may still land keeps the lease until it runs out.
+            keep = result.reason in ("timeout", "connection_error")
+            late = self._clock() + delay
+            if tries >= self.settings.sync_attempts or late > deadline or late + worst >= lease_end:
+                self._finish(message, claim, "retried", result.reason, written, keep_lease=keep)
+                return QueueOutcome("retried", result.reason, message, result, delay)
+            self._sleep(delay)
 
 
-def on_queue_message(text: str, dequeue_count: int = 1) -> QueueOutcome:
-    """The queue trigger's body: process with the process-wide clients and report the outcome."""
-    from shared.runtime import get_bridge
-
-    bridge = get_bridge()
-    outcome = process_message(
-        text,
-        graph=bridge.graph,
-        storage=bridge.storage,
-        pacer=bridge.pacer,
-        settings=bridge.settings,
-    )
+def emit_outcome(destination: str, outcome: QueueOutcome, dequeue_count: int | None) -> None:
+    """One telemetry event per outcome, with the report id as the correlation id."""
     message, result = outcome.message, outcome.result
     attempt = message.get("attempt")
-    if result is not None and outcome.event != "retried" and isinstance(attempt, int):
-        attempt += 1  # the Graph attempt that decided this outcome, 1-based as in sync mode
+    if result is not None and outcome.outcome != "retried" and isinstance(attempt, int):
+        attempt += 1  # the attempt that decided this outcome, 1-based as in sync mode
     emit(
-        outcome.event,
-        level=logging.INFO if outcome.event in ("delivered", "ignored") else logging.WARNING,
+        outcome.outcome,
+        level=logging.INFO if outcome.outcome in ("delivered", "ignored") else logging.WARNING,
+        destination=destination,
         reportId=message.get("reportId"),
         scriptId=message.get("scriptId"),
         deviceId=message.get("deviceId"),
         detectionState=message.get("detectionState"),
-        outcome=outcome.event,
         reason=outcome.reason,
         attempt=attempt,
         dequeueCount=dequeue_count,
@@ -290,4 +348,13 @@ def on_queue_message(text: str, dequeue_count: int = 1) -> QueueOutcome:
         retryDelayMs=round(outcome.delay * 1000) if outcome.delay else None,
         ageMs=age_ms(message.get("acceptedAt")),
     )
-    return outcome
+
+
+def on_queue_message(destination: str, text: str, dequeue_count: int = 1) -> list[QueueOutcome]:
+    """A queue trigger's body: deliver with the process-wide clients and report each outcome."""
+    from shared.runtime import get_bridge
+
+    outcomes = get_bridge().delivery(destination).process(text, dequeue_count)
+    for outcome in outcomes:
+        emit_outcome(destination, outcome, dequeue_count)
+    return outcomes

@@ -30,7 +30,7 @@ from typing import Any, TextIO
 
 from shared.graph import ROUTE_UNSUPPORTED, GraphClient, GraphResult, Outcome
 from shared.ids import canonical_guid
-from shared.settings import Settings, SettingsError
+from shared.settings import BUDGET_WAIT_SECONDS, LOOKUP, Settings, SettingsError
 from shared.telemetry import SCRIPT_OUTPUT_LIMIT, clean
 
 __all__ = [
@@ -118,11 +118,8 @@ def run_checks(
     token_check, principal = _token_check(settings, bridge)
     yield token_check
     if token_check.verdict != FAIL or principal is not None:
-        yield from _graph_checks(settings, bridge.graph, script_ids, principal, probe_write)
-    if settings.delivery_mode == "queue":
-        yield from _storage_checks(settings, bridge)
-    else:
-        yield Check("storage", PASS, "not used: sync mode delivers inline")
+        yield from _graph_checks(settings, bridge, script_ids, principal, probe_write)
+    yield from _storage_checks(settings, bridge)
 
 
 def _settings_checks(settings: Settings, environ: Mapping[str, str]) -> Iterator[Check]:
@@ -372,11 +369,12 @@ def _graph_failure(
 
 def _graph_checks(
     settings: Settings,
-    graph: GraphClient,
+    bridge: Any,
     script_ids: list[str],
     principal: str | None,
     probe_write: bool,
 ) -> Iterator[Check]:
+    graph: GraphClient = bridge.graph
     found: list[str] = []
     for script_id in script_ids:
         what = f"compliance script {script_id}"
@@ -406,13 +404,12 @@ def _graph_checks(
         else:
             yield _graph_failure("run-state route", result, what, settings.graph_url, principal)
     if probe_write and found:
-        yield _probe_write(settings, graph, found[0], principal)
+        yield _probe_write(settings, bridge, found[0], principal)
 
 
-def _probe_write(
-    settings: Settings, graph: GraphClient, script_id: str, principal: str | None
-) -> Check:
-    from shared.delivery import run_state_id
+def _probe_write(settings: Settings, bridge: Any, script_id: str, principal: str | None) -> Check:
+    graph = bridge.graph
+    from shared.destinations.runstates import run_state_id
     from shared.mapping import DeviceState
     from shared.models import DetectionState
 
@@ -425,8 +422,19 @@ def _probe_write(
         script_output=PROBE_OUTPUT,
         script_error="",
     )
-    key = run_state_id(settings.run_state_id_template, script_id, PROBE_DEVICE_ID)
+    template = settings.run_state_lookup_fallback or settings.run_state_id_template
+    if template == LOOKUP:
+        template = "{scriptId}:{deviceId}"
+    key = run_state_id(template, script_id, PROBE_DEVICE_ID)
     what = f"the probe PATCH of run state {key}"
+    # The probe is a write like any other: it takes its slot of the tenant's write budget.
+    if bridge.budget.acquire(BUDGET_WAIT_SECONDS).at is None:
+        return Check(
+            "write probe",
+            WARN,
+            f"{what} was not sent: the write budget is busy or Graph throttled the app",
+            "run the doctor again in a minute",
+        )
     try:
         result = graph.patch_run_state(script_id, key, state.patch_body())
     except ValueError as exc:
@@ -447,22 +455,19 @@ def _probe_write(
 def _storage_checks(settings: Settings, bridge: Any) -> Iterator[Check]:
     from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
 
-    from shared.graph import make_credential
-    from shared.store import PAYLOAD_CONTAINER, POISON_QUEUE, QUEUE, TABLE, Storage
+    from shared.runtime import storage_credential
+    from shared.store import PAYLOAD_CONTAINER, QUEUES, TABLE, Storage
 
-    credential = None
-    if settings.storage_connection is None:
-        client_id = settings.storage_client_id or settings.azure_client_id
-        credential = (
-            bridge.credential
-            if client_id == settings.azure_client_id
-            else make_credential(client_id, settings.credential)
-        )
+    credential = storage_credential(settings, bridge.credential)
     where = "AzureWebJobsStorage" if settings.storage_connection else "AzureWebJobsStorage__*"
     try:
         storage = Storage(settings, credential)  # no ensure(): the doctor creates nothing
-        queued = storage.queue.get_queue_properties().approximate_message_count
-        poisoned = storage.poison.get_queue_properties().approximate_message_count
+        queued = poisoned = 0
+        for name in settings.destinations:
+            queued += storage.queue(name).get_queue_properties().approximate_message_count
+            poisoned += (
+                storage.queue(name, poison=True).get_queue_properties().approximate_message_count
+            )
         next(iter(storage.table.list_entities(results_per_page=1)), None)
         storage.payloads.get_container_properties()
     except ResourceNotFoundError as exc:
@@ -495,14 +500,15 @@ def _storage_checks(settings: Settings, bridge: Any) -> Iterator[Check]:
     yield Check(
         "storage",
         PASS,
-        f"queue {QUEUE} ({queued} waiting), {POISON_QUEUE}, table {TABLE} and container "
-        f"{PAYLOAD_CONTAINER} are reachable",
+        f"queues {', '.join(QUEUES[n] for n in settings.destinations)} ({queued} waiting) "
+        f"and their poison queues, table {TABLE} and container {PAYLOAD_CONTAINER} are "
+        "reachable",
     )
     if poisoned:
         yield Check(
             "dead letters",
             WARN,
-            f"{poisoned} report(s) in {POISON_QUEUE}",
+            f"{poisoned} report(s) in the poison queues",
             "find their reason (docs/operations.md, Runbook), fix it, then run "
             "`python -m shared replay`",
         )

@@ -7,16 +7,16 @@ import re
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from enum import StrEnum
 from typing import Any, Protocol
 
 import requests
 from requests.adapters import HTTPAdapter
 
 from shared.ids import canonical_guid
+from shared.outcomes import CallResult, Outcome
 
 __all__ = [
     "GraphClient",
@@ -28,6 +28,9 @@ __all__ = [
     "run_state_url",
 ]
 
+# Every Graph call's result; the same shape as every other destination's.
+GraphResult = CallResult
+
 USER_AGENT = "intune-compliance-bridge/1.0"
 # Graph answers this for the deviceRunStates navigation on tenants where the write is not routed.
 ROUTE_UNSUPPORTED = "no method match route template"
@@ -35,26 +38,8 @@ ROUTE_UNSUPPORTED = "no method match route template"
 REFRESH_CLAIMS = '{"access_token":{"nbf":{"essential":true}}}'
 FORBIDDEN_REFRESH_INTERVAL = 30.0
 _RUN_STATE_ID = re.compile(r"[A-Za-z0-9:_.-]{1,256}")
-
-
-class Outcome(StrEnum):
-    DELIVERED = "delivered"
-    TRANSIENT = "transient"
-    PERMANENT = "permanent"
-
-
-@dataclass(frozen=True, slots=True)
-class GraphResult:
-    """What one Graph call came to; `reason` is a stable slug used in responses and telemetry."""
-
-    outcome: Outcome
-    reason: str
-    status: int | None = None
-    error_code: str | None = None
-    request_id: str | None = None
-    client_request_id: str | None = None
-    retry_after: float | None = None
-    elapsed: float = 0.0
+# Graph's Retry-After is honoured up to an hour, never more (a far date, or 1e308).
+MAX_RETRY_AFTER = 3600.0
 
 
 class TokenSource(Protocol):
@@ -91,7 +76,7 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
         seconds = (when - (now or datetime.now(UTC))).total_seconds()
     if not math.isfinite(seconds):
         return None
-    return max(seconds, 0.0)
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 def run_state_url(base_url: str, script_id: str, run_state_id: str) -> str:
@@ -136,6 +121,8 @@ def classify(status: int, error_code: str | None) -> tuple[Outcome, str]:
         return Outcome.TRANSIENT, "throttled"
     if status == 401:
         return Outcome.TRANSIENT, "unauthorized"  # a token refresh or role propagation can fix it
+    if status in (501, 505):
+        return Outcome.PERMANENT, "not_implemented" if status == 501 else "http_version"
     if status >= 500 or status in (408, 409, 423):
         return Outcome.TRANSIENT, "server_error" if status >= 500 else "conflict"
     if status == 400 and error_code and error_code.strip().lower() == ROUTE_UNSUPPORTED:
@@ -170,21 +157,37 @@ class GraphClient:
         self._last_refresh = -FORBIDDEN_REFRESH_INTERVAL
 
     def patch_run_state(
-        self, script_id: str, run_state_id: str, body: dict[str, Any]
+        self,
+        script_id: str,
+        run_state_id: str,
+        body: dict[str, Any],
+        pace: Callable[[], bool] | None = None,
     ) -> GraphResult:
         url = run_state_url(self.base_url, script_id, run_state_id)
-        return self._call("PATCH", url, body)
+        return self.call("PATCH", url, body, pace=pace)[0]
 
     def get(self, path: str) -> GraphResult:
         """A read under the Graph root (the preflight's probes); `path` starts with `/`."""
-        return self._call("GET", f"{self.base_url}{path}")
+        return self.call("GET", f"{self.base_url}{path}")[0]
 
-    def _call(self, method: str, url: str, body: dict[str, Any] | None = None) -> GraphResult:
-        """One logical call; a 401, or a 403 now and then, is retried once with a fresh token."""
-        result = self._send(method, url, body, fresh_token=False)
-        if result.status == 401 or (result.status == 403 and self._refresh_allowed()):
-            result = self._send(method, url, body, fresh_token=True)
-        return result
+    def call(
+        self,
+        method: str,
+        url: str,
+        body: dict[str, Any] | None = None,
+        *,
+        pace: Callable[[], bool] | None = None,
+    ) -> tuple[GraphResult, Any]:
+        """One logical call and its JSON answer (None if it has none).
+
+        A 401, or a 403 now and then, is retried once with a fresh token; a write's second
+        try takes its own slot of the write budget through `pace` (False: no slot, no retry).
+        """
+        result, data = self._send(method, url, body, fresh_token=False)
+        stale = result.status == 401 or (result.status == 403 and self._refresh_allowed())
+        if stale and (pace is None or pace()):
+            result, data = self._send(method, url, body, fresh_token=True)
+        return result, data
 
     def _refresh_allowed(self) -> bool:
         # A newly granted app role only reaches new tokens, and the credential caches tokens for
@@ -204,17 +207,18 @@ class GraphClient:
 
     def _send(
         self, method: str, url: str, body: dict[str, Any] | None, *, fresh_token: bool
-    ) -> GraphResult:
+    ) -> tuple[GraphResult, Any]:
         client_request_id = str(uuid.uuid4())
         started = time.monotonic()
 
-        def failed(reason: str) -> GraphResult:
-            return GraphResult(
+        def failed(reason: str) -> tuple[GraphResult, Any]:
+            result = GraphResult(
                 Outcome.TRANSIENT,
                 reason,
                 client_request_id=client_request_id,
                 elapsed=time.monotonic() - started,
             )
+            return result, None
 
         try:
             token = self._token(fresh_token)
@@ -231,7 +235,13 @@ class GraphClient:
             return failed("connection_error")
         error_code, inner_request_id = (None, None) if response.ok else _graph_error(response)
         outcome, reason = classify(response.status_code, error_code)
-        return GraphResult(
+        data = None
+        if response.ok and response.content:
+            try:
+                data = response.json()
+            except ValueError:
+                data = None
+        result = GraphResult(
             outcome,
             reason,
             status=response.status_code,
@@ -241,3 +251,4 @@ class GraphClient:
             retry_after=parse_retry_after(response.headers.get("Retry-After")),
             elapsed=time.monotonic() - started,
         )
+        return result, data

@@ -1,89 +1,54 @@
-"""Pace Graph writes: Intune allows 200 writes per 20 s per app per tenant, across every instance.
+"""The Graph write budget: Intune allows 200 writes per 20 s per app per tenant, across instances.
 
-`TokenBucket` paces one process. `SharedBudget` holds the budget across every instance the
-platform scales out to: the next free write time and a "throttled until" gate, both rows of the
-run-state table guarded by ETags. Its failure mode is a pause: when the table is slow or down,
-`acquire` raises, the queue trigger fails, and the host retries the message later.
+One row of the run-state table holds the next free write time (GCRA: each write reserves the next
+1/rate of time, so writes from every instance are spaced evenly) and the 429 gate ("throttled
+until"), so one read tells both. Its failure mode is a pause: when the table is slow or down a
+reservation raises, the queue trigger fails, and the host retries the message later.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
 
-from shared.store import write_if_unchanged
+from shared.store import ETAG_RETRIES, write_if_unchanged
 
-__all__ = ["BUDGET_PARTITION", "Pacer", "SharedBudget", "TokenBucket"]
+__all__ = ["BUDGET_PARTITION", "MAX_RETRY_AFTER", "WINDOW_SECONDS", "SharedBudget", "Slot"]
 
-_EPSILON = 1e-9
 # Rows of ours in the run-state table; a script id (its partition key) is always a GUID.
 BUDGET_PARTITION = "~graph-budget"
-_GATE = "gate"
 _PACE = "pace"
+# 5% below the budget: a write reaches Graph a little after its reserved time, and a late write
+# must not push a 20 s window over.
 _HEADROOM = 0.95
-_ETAG_RETRIES = 12
+WINDOW_SECONDS = 20.0
+# A Retry-After is honoured up to an hour: a far date or 1e308 must not close the gate for good.
+MAX_RETRY_AFTER = 3600.0
 
 
-class Pacer(Protocol):
-    def acquire(self, max_wait: float | None = None) -> bool: ...
+def _count(row: Any | None, at: float) -> dict[str, Any]:
+    """Reservations per 20 s window (Intune's own window), for `python -m shared status`."""
+    start = float(row.get("WindowStart") or 0) if row is not None else 0.0
+    if at - start >= WINDOW_SECONDS:
+        return {"WindowStart": at, "WindowCount": 1}
+    return {"WindowCount": int(row.get("WindowCount") or 0) + 1 if row is not None else 1}
 
-    def throttled(self, seconds: float) -> None: ...
 
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """A reserved write time (`at`), or none and how long until one could be had, and why."""
 
-class TokenBucket:
-    """A token bucket shared by the threads of one process; capacity bounds the burst."""
-
-    def __init__(
-        self,
-        rate: float,
-        capacity: float | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.rate = rate
-        # No saved-up burst by default: any window of W seconds sees at most rate * W + 1 writes.
-        self.capacity = capacity if capacity is not None else 1.0
-        self._tokens = self.capacity
-        self._clock = clock
-        self._sleep = sleep
-        self._updated = clock()
-        self._paused_until = 0.0
-        self._lock = threading.Lock()
-
-    def acquire(self, max_wait: float | None = None) -> bool:
-        """Take one token, waiting for it; False when that would take longer than `max_wait`."""
-        waited = 0.0
-        while True:
-            with self._lock:
-                now = self._clock()
-                self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
-                self._updated = now
-                pause = self._paused_until - now
-                if pause <= 0 and self._tokens >= 1 - _EPSILON:  # rounding must not stall
-                    self._tokens = max(self._tokens - 1, 0.0)
-                    return True
-                wait = pause if pause > 0 else (1 - self._tokens) / self.rate
-            if max_wait is not None and waited + wait > max_wait:
-                return False
-            self._sleep(wait)
-            waited += wait
-
-    def throttled(self, seconds: float) -> None:
-        """Graph said wait: no write from this process until then (it keeps counting meanwhile)."""
-        with self._lock:
-            self._paused_until = max(self._paused_until, self._clock() + seconds)
+    at: float | None
+    wait: float
+    reason: str = "budget"
 
 
 class SharedBudget:
-    """The tenant-wide write budget, shared through the run-state table by every instance.
-
-    One row holds the next free write time (GCRA: each write reserves the next 1/rate of
-    time, so writes from all instances are spaced evenly); a second row is the 429 gate.
-    """
+    """The tenant-wide write budget, shared through the run-state table by every instance."""
 
     def __init__(
         self,
@@ -93,63 +58,81 @@ class SharedBudget:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.table = table
-        # 5% below the budget: a write reaches Graph a little after its reserved time, and a
-        # late write must not push a 20 s window over.
         self.interval = 1.0 / (rate * _HEADROOM)
         self._clock = clock
         self._sleep = sleep
 
-    def acquire(self, max_wait: float | None = None) -> bool:
-        """Reserve one write time and wait for it; False when it lies beyond `max_wait`."""
-        deadline = None if max_wait is None else self._clock() + max_wait
-        while True:
+    def reserve(self, horizon: float, *, book_ahead: bool = False) -> Slot:
+        """Reserve the next write time if it lies within `horizon` seconds.
+
+        With `book_ahead`, a later time is reserved too (a queued change comes back for it);
+        without, nothing is reserved then (a refresh waits until the budget is free). A closed
+        gate reserves nothing either way.
+        """
+        for _ in range(ETAG_RETRIES):
             now = self._clock()
-            gate = self._gate_wait(now)
+            row = self._read()
+            gate = 0.0 if row is None else float(row.get("ThrottledUntil") or 0) - now
             if gate > 0:
-                if deadline is not None and now + gate > deadline:
-                    return False
-                self._sleep(min(gate, 1.0))
-                continue
-            at = self._reserve(now, deadline)
-            if at is None:
-                return False
-            if at > now:
-                self._sleep(at - now)
-            # Another instance may have been throttled while this one waited: then this
-            # reservation is given up and the write waits for the gate like every other.
-            if self._gate_wait(self._clock()) <= 0:
-                return True
-
-    def throttled(self, seconds: float) -> None:
-        """A 429 seen here closes the gate for every instance until its Retry-After has passed."""
-        until = self._clock() + seconds
-        for _ in range(_ETAG_RETRIES):
-            row = self._read(_GATE)
-            if row is not None and float(row.get("ThrottledUntil") or 0) >= until:
-                return
-            if self._write(row, _GATE, {"ThrottledUntil": until}):
-                return
-
-    def _gate_wait(self, now: float) -> float:
-        row = self._read(_GATE)
-        return 0.0 if row is None else float(row.get("ThrottledUntil") or 0) - now
-
-    def _reserve(self, now: float, deadline: float | None) -> float | None:
-        for _ in range(_ETAG_RETRIES):
-            row = self._read(_PACE)
+                return Slot(None, gate, "throttled")
             at = max(float(row.get("Next") or 0) if row is not None else 0.0, now)
-            if deadline is not None and at > deadline:
-                return None
-            if self._write(row, _PACE, {"Next": at + self.interval}):
-                return at
-        return None  # heavy contention: treat as no budget now
+            if at - now > horizon and not book_ahead:
+                return Slot(None, at - now)
+            if self._write(row, {"Next": at + self.interval, **_count(row, at)}):
+                return Slot(at, at - now)
+        return Slot(None, self.interval)  # heavy contention: no budget right now
 
-    def _read(self, key: str) -> Any | None:
+    def acquire(self, max_wait: float) -> Slot:
+        """Reserve a write time within `max_wait` and sleep until it (sync mode, the doctor)."""
+        slot = self.reserve(max_wait)
+        if slot.at is not None and slot.wait > 0:
+            self._sleep(slot.wait)
+        return slot
+
+    def gate(self) -> float:
+        """Seconds until the 429 gate opens (0 when open)."""
+        row = self._read()
+        return 0.0 if row is None else max(float(row.get("ThrottledUntil") or 0) - self._clock(), 0)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The gate and this window's reservations, as `python -m shared status` shows them."""
+        row = self._read() or {}
+        now = self._clock()
+        until = float(row.get("ThrottledUntil") or 0)
+        start = float(row.get("WindowStart") or 0)
+        current = now - start < WINDOW_SECONDS
+        return {
+            "gateOpen": until <= now,
+            "throttledUntil": until if until > now else None,
+            "writesThisWindow": int(row.get("WindowCount") or 0) if current else 0,
+            "windowBudget": round(WINDOW_SECONDS / self.interval, 1),
+        }
+
+    def throttled(self, seconds: float) -> float:
+        """A 429 seen here closes the gate for every instance until its Retry-After has passed.
+
+        Returns the wait actually applied (capped at an hour).
+        """
+        seconds = min(max(seconds, 0.0), MAX_RETRY_AFTER)
+        until = self._clock() + seconds
+        for _ in range(ETAG_RETRIES):
+            row = self._read()
+            if row is not None and float(row.get("ThrottledUntil") or 0) >= until:
+                return seconds
+            # Writes booked inside the closed window would only meet more 429s: push them out.
+            fields = {"ThrottledUntil": until}
+            if row is None or float(row.get("Next") or 0) < until:
+                fields["Next"] = until
+            if self._write(row, fields):
+                return seconds
+        return seconds
+
+    def _read(self) -> Any | None:
         try:
-            return self.table.get_entity(partition_key=BUDGET_PARTITION, row_key=key)
+            return self.table.get_entity(partition_key=BUDGET_PARTITION, row_key=_PACE)
         except ResourceNotFoundError:
             return None
 
-    def _write(self, row: Any | None, key: str, fields: dict[str, Any]) -> bool:
-        entity = {"PartitionKey": BUDGET_PARTITION, "RowKey": key, **fields}
-        return write_if_unchanged(self.table, row, entity)
+    def _write(self, row: Any | None, fields: dict[str, Any]) -> bool:
+        entity = {"PartitionKey": BUDGET_PARTITION, "RowKey": _PACE, **fields}
+        return write_if_unchanged(self.table, row, entity) is not None

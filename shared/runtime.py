@@ -5,13 +5,28 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 from shared.graph import GraphClient, TokenSource, make_credential
-from shared.pacing import Pacer, SharedBudget, TokenBucket
 from shared.settings import Settings, get_settings
-from shared.store import Storage
 
-__all__ = ["Bridge", "get_bridge"]
+if TYPE_CHECKING:
+    from shared.delivery import Delivery
+    from shared.destinations import Destination
+    from shared.pacing import SharedBudget
+    from shared.store import Storage
+
+__all__ = ["Bridge", "get_bridge", "storage_credential"]
+
+
+def storage_credential(settings: Settings, shared: TokenSource | None = None) -> TokenSource | None:
+    """The identity storage is reached with (none with a connection string)."""
+    if settings.storage_connection is not None:
+        return None
+    client_id = settings.storage_client_id or settings.azure_client_id
+    if shared is not None and client_id == settings.azure_client_id:
+        return shared
+    return make_credential(client_id, settings.credential)
 
 
 @dataclass
@@ -21,7 +36,8 @@ class Bridge:
     settings: Settings
     graph: GraphClient
     credential: TokenSource | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    _deliveries: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Bridge:
@@ -37,29 +53,50 @@ class Bridge:
 
     @cached_property
     def storage(self) -> Storage:
-        """Queue, table and blob clients; the queues and table are created if missing."""
+        """Queue, table and blob clients; with a connection string (local) missing ones are made."""
+        from shared.store import Storage
+
         with self._lock:
             if "storage" in self.__dict__:  # another thread built it while we waited
                 return self.__dict__["storage"]
-            credential = None
-            if self.settings.storage_connection is None:
-                client_id = self.settings.storage_client_id or self.settings.azure_client_id
-                credential = (
-                    self.credential
-                    if client_id == self.settings.azure_client_id and self.credential
-                    else make_credential(client_id, self.settings.credential)
-                )
-            storage = Storage(self.settings, credential)
-            storage.ensure()
+            storage = Storage(self.settings, storage_credential(self.settings, self.credential))
+            if self.settings.storage_connection is not None:
+                storage.ensure()
             return storage
 
     @cached_property
-    def pacer(self) -> Pacer:
-        """Queue mode shares the write budget across instances; sync mode paces this process."""
-        rate = self.settings.graph_writes_per_second
-        if self.settings.delivery_mode == "queue":
-            return SharedBudget(self.storage.table, rate)
-        return TokenBucket(rate)
+    def budget(self) -> SharedBudget:
+        """The tenant's Graph write budget, shared with every instance through the table."""
+        from shared.pacing import SharedBudget
+
+        return SharedBudget(self.storage.table, self.settings.graph_writes_per_second)
+
+    @cached_property
+    def destinations(self) -> dict[str, Destination]:
+        from shared.destinations import build
+
+        with self._lock:
+            if "destinations" in self.__dict__:
+                return self.__dict__["destinations"]
+            return build(self.settings, self.graph, self.credential)
+
+    def delivery(self, name: str) -> Delivery:
+        """The delivery loop of one enabled destination."""
+        from shared.delivery import Delivery
+
+        with self._lock:
+            if name not in self._deliveries:
+                destination = self.destinations.get(name)
+                if destination is None:
+                    raise DestinationDisabled(name)
+                self._deliveries[name] = Delivery(
+                    destination, self.storage, self.budget, self.settings
+                )
+            return self._deliveries[name]
+
+
+class DestinationDisabled(LookupError):
+    """A message for a destination this bridge no longer has enabled: the host retries it."""
 
 
 _lock = threading.Lock()

@@ -68,6 +68,8 @@ _TEMPLATE_LITERALS = re.compile(r"[A-Za-z0-9:_.-]*")
 _DCR_ID = re.compile(r"dcr-[0-9a-f]{32}")
 _STREAM = re.compile(r"Custom-[A-Za-z0-9_]{1,60}_CL")
 DESTINATIONS = ("graph", "logs", "entra")
+# How long one queue execution may sleep for its write slot before it hands the message back.
+BUDGET_WAIT_SECONDS = 3.0
 # The lookup strategy lists deviceRunStates by device instead of building the id.
 LOOKUP = "lookup"
 
@@ -216,13 +218,14 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _storage(self) -> Settings:
-        if self.delivery_mode == "queue" and not (
+        # Both modes keep the run-state table, the queues and the budget row in storage.
+        if not (
             self.storage_connection
             or self.storage_account
             or (self.storage_queue_uri and self.storage_table_uri and self.storage_blob_uri)
         ):
             raise ValueError(
-                "queue mode needs AzureWebJobsStorage (a connection string) or "
+                "the bridge needs AzureWebJobsStorage (a connection string) or "
                 "AzureWebJobsStorage__accountName / __queueServiceUri, __tableServiceUri, "
                 "__blobServiceUri"
             )
@@ -267,6 +270,20 @@ class Settings(BaseModel):
         if info.field_name == "tenant_id":
             return canonical_guid(value.strip())
         return _check_template(value.strip())
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_write(self) -> Settings:
+        # A write that lands after its lease ran out could overwrite a newer one written since.
+        wait = BUDGET_WAIT_SECONDS
+        if self.delivery_mode == "sync":
+            wait = max(wait, self.sync_max_wait.total_seconds())
+        need = self.graph_connect_timeout + self.graph_read_timeout + wait
+        if self.delivery_lease.total_seconds() <= need:
+            raise ValueError(
+                f"BRIDGE_DELIVERY_LEASE must outlast one write: more than {need:g} s "
+                "(Graph connect + read timeout + the longest wait for write budget)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _destination_settings(self) -> Settings:

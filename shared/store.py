@@ -1,8 +1,9 @@
-"""Azure Storage: the delivery queues, the claim-check blobs and the run-state table.
+"""Azure Storage: the destination queues, the claim-check blobs and the run-state table.
 
-The table keeps, per (script, device), the newest accepted and the newest delivered
-`lastStateUpdateDateTime` and a short write lease. Every change is a read-modify-write guarded by
-the entity's ETag, so concurrent instances never lose each other's updates.
+The table keeps one row per (script, device): the newest accepted version, and per destination the
+newest delivered version, a short write lease, the digest and time of the last write and the
+destination's cached target id. Every change is a write guarded by the entity's ETag, so
+concurrent instances never lose each other's updates.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ import json
 import math
 import time
 import uuid
-from dataclasses import dataclass
-from enum import StrEnum
+from dataclasses import dataclass, field
 from typing import Any
 
 from azure.core import MatchConditions
@@ -24,50 +24,40 @@ from azure.core.exceptions import (
     ResourceNotFoundError,
 )
 
+from shared.policy import Acceptance, Claim, PairState, acceptance, decide_claim
 from shared.settings import Settings
 
 __all__ = [
     "PAYLOAD_CONTAINER",
-    "POISON_QUEUE",
-    "QUEUE",
+    "QUEUES",
     "TABLE",
-    "Acceptance",
-    "Claim",
+    "AcceptResult",
     "ClaimResult",
+    "Row",
     "RunStateStore",
     "Storage",
     "StorageError",
+    "poison_queue",
     "write_if_unchanged",
 ]
 
-QUEUE = "compliance-results"
-POISON_QUEUE = "compliance-results-poison"
+# One queue per destination; the Bicep declares each of them and its poison queue.
+QUEUES = {"graph": "compliance-results", "logs": "compliance-logs", "entra": "compliance-entra"}
 TABLE = "runstates"
 PAYLOAD_CONTAINER = "compliance-payloads"
 # A queue message holds 64 KiB after base64; larger reports travel as a blob (claim check).
 MAX_INLINE_MESSAGE = 45_000
-_ETAG_RETRIES = 8
+# How often a read-modify-write is retried when another writer keeps changing the row; past
+# that the pair is treated as busy, never as an error.
+ETAG_RETRIES = 8
+# Run-state column prefix per destination: the graph columns keep their first names.
+PREFIX = {"graph": "", "logs": "Logs", "entra": "Entra"}
+# Any failure of the storage service or of the identity that reaches it.
 StorageError = AzureError
 
 
-class Acceptance(StrEnum):
-    NEW = "new"
-    STALE = "stale"
-    DUPLICATE = "duplicate"
-
-
-class Claim(StrEnum):
-    GRANTED = "granted"
-    SUPERSEDED = "superseded"  # a newer report was accepted: coalesce
-    DELIVERED = "delivered"  # this version (or a newer one) is already in Graph
-    BUSY = "busy"  # another instance is writing this pair right now
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimResult:
-    claim: Claim
-    owner: str = ""
-    wait: float = 0.0
+def poison_queue(destination: str) -> str:
+    return f"{QUEUES[destination]}-poison"
 
 
 # Short timeouts and few retries: an agent is waiting, and its own retry is cheaper than a long
@@ -83,7 +73,11 @@ _TABLE_RETRY: dict[str, Any] = {"retry_backoff_factor": 0.5}
 
 
 class Storage:
-    """The queue, poison queue, claim-check container and run-state table clients of one process."""
+    """The queues, poison queues, claim-check container and run-state table of one process.
+
+    Creating the clients does no I/O; `ensure` creates what is missing and only the local stack
+    calls it (in Azure the Bicep declares everything, and operators may not create anything).
+    """
 
     def __init__(self, settings: Settings, credential: Any = None) -> None:
         from azure.data.tables import TableClient
@@ -102,52 +96,63 @@ class Storage:
         options = dict(_CLIENT_OPTIONS)
         if settings.storage_connection is None:
             options["credential"] = credential
-        storage = {**options, **_STORAGE_RETRY}
-        queue_args = {**storage, **policies}
-        table = {**options, **_TABLE_RETRY}
+        blob_args = {**options, **_STORAGE_RETRY}
+        queue_args = {**blob_args, **policies}
+        table_args = {**options, **_TABLE_RETRY}
+        names = [*QUEUES.values(), *(poison_queue(d) for d in QUEUES)]
         if settings.storage_connection is not None:
             conn = settings.storage_connection.get_secret_value()
-            self.queue = QueueClient.from_connection_string(conn, QUEUE, **queue_args)
-            self.poison = QueueClient.from_connection_string(conn, POISON_QUEUE, **queue_args)
-            self.table = TableClient.from_connection_string(conn, TABLE, **table)
+            self.queues = {
+                n: QueueClient.from_connection_string(conn, n, **queue_args) for n in names
+            }
+            self.table = TableClient.from_connection_string(conn, TABLE, **table_args)
             self.payloads = ContainerClient.from_connection_string(
-                conn, PAYLOAD_CONTAINER, **storage
+                conn, PAYLOAD_CONTAINER, **blob_args
             )
         else:
             account = settings.storage_account
             queue_uri = settings.storage_queue_uri or f"https://{account}.queue.core.windows.net"
             table_uri = settings.storage_table_uri or f"https://{account}.table.core.windows.net"
             blob_uri = settings.storage_blob_uri or f"https://{account}.blob.core.windows.net"
-            self.queue = QueueClient(queue_uri, QUEUE, **queue_args)
-            self.poison = QueueClient(queue_uri, POISON_QUEUE, **queue_args)
-            self.table = TableClient(table_uri, TABLE, **table)
-            self.payloads = ContainerClient(blob_uri, PAYLOAD_CONTAINER, **storage)
+            self.queues = {n: QueueClient(queue_uri, n, **queue_args) for n in names}
+            self.table = TableClient(table_uri, TABLE, **table_args)
+            self.payloads = ContainerClient(blob_uri, PAYLOAD_CONTAINER, **blob_args)
         self.runstates = RunStateStore(self.table)
+
+    def queue(self, destination: str, *, poison: bool = False) -> Any:
+        return self.queues[poison_queue(destination) if poison else QUEUES[destination]]
 
     def ensure(self) -> None:
         """Create what is missing (Azurite starts empty; in Azure the Bicep creates them)."""
-        for create in (
-            self.queue.create_queue,
-            self.poison.create_queue,
-            self.table.create_table,
-            self.payloads.create_container,
-        ):
+        creates = [q.create_queue for q in self.queues.values()]
+        for create in (*creates, self.table.create_table, self.payloads.create_container):
             with contextlib.suppress(ResourceExistsError):
                 create()
 
     def enqueue(self, message: dict[str, Any], delay: float = 0, *, poison: bool = False) -> None:
-        """Send a message; one over the inline limit goes to a blob and the message points at it."""
+        """Send a message to its destination's queue; a large report travels as a blob.
+
+        A poison envelope goes to the poison queue of the destination its report was for.
+        """
+        destination = message.get("destination") or "graph"
         text = json.dumps(message, separators=(",", ":"))
         if len(text) > MAX_INLINE_MESSAGE and "state" in message:
-            name = f"{message['reportId']}-{uuid.uuid4().hex}.json"
-            self.payloads.upload_blob(name, json.dumps(message["state"]), overwrite=True)
-            text = json.dumps(
-                {**{k: v for k, v in message.items() if k != "state"}, "statePayload": name},
-                separators=(",", ":"),
-            )
-        queue = self.poison if poison else self.queue
+            text = json.dumps(self._claim_check(message), separators=(",", ":"))
+        elif len(text) > MAX_INLINE_MESSAGE and isinstance(message.get("report"), dict):
+            report = message["report"]
+            if "state" in report:
+                report = self._claim_check(report)
+            text = json.dumps({**message, "report": report}, separators=(",", ":"))
         # time_to_live=-1: an accepted report never expires out of the queue unseen.
-        queue.send_message(text, visibility_timeout=math.ceil(delay) or None, time_to_live=-1)
+        self.queue(destination, poison=poison).send_message(
+            text, visibility_timeout=math.ceil(delay) or None, time_to_live=-1
+        )
+
+    def _claim_check(self, message: dict[str, Any]) -> dict[str, Any]:
+        name = f"{message.get('destination', 'graph')}/{message['reportId']}-{uuid.uuid4().hex}"
+        self.payloads.upload_blob(f"{name}.json", json.dumps(message["state"]), overwrite=True)
+        rest = {k: v for k, v in message.items() if k != "state"}
+        return {**rest, "statePayload": f"{name}.json"}
 
     def load_state(self, message: dict[str, Any]) -> dict[str, Any]:
         if "state" in message:
@@ -161,113 +166,235 @@ class Storage:
                 self.payloads.delete_blob(message["statePayload"])
 
 
-def write_if_unchanged(table: Any, row: Any | None, entity: dict[str, Any]) -> bool:
+def write_if_unchanged(table: Any, row: Any | None, entity: dict[str, Any]) -> str | None:
     """Create `entity`, or merge it into `row` if nobody changed `row` since it was read.
 
-    False means another writer got there first: the caller reads again and decides again.
+    Returns the new ETag; None means another writer got there first: read again, decide again.
+    `row` may be anything with `metadata["etag"]` (a read entity, or a `Row`).
     """
     try:
         if row is None:
-            table.create_entity(entity)
+            meta = table.create_entity(entity)
         else:
-            table.update_entity(
+            meta = table.update_entity(
                 entity,
                 mode="merge",
                 etag=row.metadata["etag"],
                 match_condition=MatchConditions.IfNotModified,
             )
     except (ResourceExistsError, ResourceModifiedError):
-        return False
-    return True
+        return None
+    return (meta or {}).get("etag") or "*"
+
+
+@dataclass
+class Row:
+    """One pair's run-state row as last read or written: its fields and ETag (None: absent)."""
+
+    script_id: str
+    device_id: str
+    fields: dict[str, Any] = field(default_factory=dict)
+    etag: str | None = None
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return {"etag": self.etag}
+
+    @property
+    def exists(self) -> bool:
+        return self.etag is not None
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.fields.get(name, default)
+
+    def col(self, destination: str, name: str) -> Any:
+        return self.fields.get(PREFIX[destination] + name)
+
+    def pair(self, destination: str) -> PairState:
+        return PairState(
+            accepted=self.fields.get("AcceptedAt") or "",
+            delivered=self.col(destination, "DeliveredAt") or "",
+            lease_until=float(self.col(destination, "LeaseUntil") or 0),
+            digest=self.col(destination, "Digest") or "",
+            written_at=float(self.col(destination, "WrittenAt") or 0),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptResult:
+    """Ingest's stale check and record in one: the decision, the row, and (sync) the lease."""
+
+    acceptance: Acceptance
+    row: Row
+    owner: str = ""
+    busy: float = 0.0
+    # What the row said before, so an acceptance that could not be kept can be given back.
+    previous: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    claim: Claim
+    row: Row | None = None
+    owner: str = ""
+    wait: float = 0.0
+    change: bool = True
 
 
 class RunStateStore:
-    """Newest accepted and delivered versions per (script, device), and a per-pair write lease."""
+    """Newest accepted and delivered versions per (script, device), and per-destination leases."""
 
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: Any, clock: Any = time.time) -> None:
         self.table = table
+        self._clock = clock
 
-    def _read(self, script_id: str, device_id: str) -> Any | None:
+    def read(self, script_id: str, device_id: str) -> Row:
         try:
-            return self.table.get_entity(partition_key=script_id, row_key=device_id)
+            entity = self.table.get_entity(partition_key=script_id, row_key=device_id)
         except ResourceNotFoundError:
+            return Row(script_id, device_id)
+        return Row(script_id, device_id, dict(entity), entity.metadata["etag"])
+
+    def _write(self, row: Row, fields: dict[str, Any]) -> Row | None:
+        keys = {"PartitionKey": row.script_id, "RowKey": row.device_id}
+        etag = write_if_unchanged(self.table, row if row.exists else None, {**keys, **fields})
+        if etag is None:
             return None
-
-    def _write(self, entity: Any, fields: dict[str, Any], create: bool) -> bool:
-        keys = {"PartitionKey": entity["PartitionKey"], "RowKey": entity["RowKey"]}
-        return write_if_unchanged(self.table, None if create else entity, {**keys, **fields})
-
-    def newest_accepted(self, script_id: str, device_id: str) -> str | None:
-        row = self._read(script_id, device_id)
-        return None if row is None else row.get("AcceptedAt") or None
+        return Row(row.script_id, row.device_id, {**row.fields, **fields}, etag)
 
     def accept(
-        self, script_id: str, device_id: str, version: str, report_id: str, detection_state: str
-    ) -> Acceptance:
-        """Record a report as the newest accepted one, unless an equal or newer one already is."""
-        for _ in range(_ETAG_RETRIES):
-            row = self._read(script_id, device_id)
-            current = "" if row is None else row.get("AcceptedAt") or ""
-            if current > version:
-                return Acceptance.STALE
-            if current == version:
-                return Acceptance.DUPLICATE
-            fields = {
-                "AcceptedAt": version,
-                "AcceptedReportId": report_id,
-                "AcceptedDetectionState": detection_state,
-            }
-            base = row if row is not None else {"PartitionKey": script_id, "RowKey": device_id}
-            if self._write(base, fields, create=row is None):
-                return Acceptance.NEW
-        raise ResourceModifiedError("run-state row kept changing; try again")
-
-    def claim(
-        self, script_id: str, device_id: str, version: str, lease_seconds: float
-    ) -> ClaimResult:
-        """Take the pair's write lease for this version, so no older write can land after it."""
-        owner = uuid.uuid4().hex
-        for _ in range(_ETAG_RETRIES):
-            now = time.time()
-            row = self._read(script_id, device_id)
-            accepted = "" if row is None else row.get("AcceptedAt") or ""
-            delivered = "" if row is None else row.get("DeliveredAt") or ""
-            if accepted > version:
-                return ClaimResult(Claim.SUPERSEDED)
-            if delivered >= version:
-                return ClaimResult(Claim.DELIVERED)
-            lease_until = 0.0 if row is None else float(row.get("LeaseUntil") or 0)
-            if lease_until > now:
-                return ClaimResult(Claim.BUSY, wait=lease_until - now)
-            # AcceptedAt also heals here: ingest may have queued the report and then failed to
-            # record it.
-            fields = {"AcceptedAt": version, "LeaseOwner": owner, "LeaseUntil": now + lease_seconds}
-            base = row if row is not None else {"PartitionKey": script_id, "RowKey": device_id}
-            if self._write(base, fields, create=row is None):
-                return ClaimResult(Claim.GRANTED, owner)
-        return ClaimResult(Claim.BUSY, wait=1.0)
-
-    def finish(
         self,
         script_id: str,
         device_id: str,
         version: str,
-        owner: str,
+        report_id: str,
+        detection_state: str,
         *,
-        delivered: bool,
+        claim: tuple[str, float] | None = None,
+    ) -> AcceptResult:
+        """Record a report as the pair's newest accepted one, unless an equal or newer one is.
+
+        One read and one conditional write in the common case. With `claim` (destination,
+        lease seconds), the same write also takes that destination's lease (sync mode); while
+        another delivery of the pair holds it, nothing is written and `busy` says how long.
+        """
+        for _ in range(ETAG_RETRIES):
+            row = self.read(script_id, device_id)
+            decision = acceptance(row.get("AcceptedAt") or "", version)
+            if decision is not Acceptance.NEW:
+                return AcceptResult(decision, row)
+            fields: dict[str, Any] = {
+                "AcceptedAt": version,
+                "AcceptedReportId": report_id,
+                "AcceptedDetectionState": detection_state,
+            }
+            previous = {name: row.get(name) or "" for name in fields}
+            owner = ""
+            if claim is not None:
+                destination, lease = claim
+                now = self._clock()
+                held = float(row.col(destination, "LeaseUntil") or 0) - now
+                if held > 0:
+                    return AcceptResult(Acceptance.NEW, row, busy=held)
+                owner = uuid.uuid4().hex
+                prefix = PREFIX[destination]
+                fields |= {f"{prefix}LeaseOwner": owner, f"{prefix}LeaseUntil": now + lease}
+            written = self._write(row, fields)
+            if written is not None:
+                return AcceptResult(Acceptance.NEW, written, owner, previous=previous)
+        raise ResourceModifiedError("run-state row kept changing; try again")
+
+    def unaccept(self, row: Row, version: str, previous: dict[str, Any]) -> None:
+        """Give an acceptance back (the report was not stored after all), if it is still ours."""
+        for _ in range(ETAG_RETRIES):
+            if row.get("AcceptedAt") != version:
+                return
+            if self._write(row, previous) is not None:
+                return
+            row = self.read(row.script_id, row.device_id)
+
+    def claim(
+        self,
+        destination: str,
+        script_id: str,
+        device_id: str,
+        version: str,
+        digest: str,
+        *,
+        lease_seconds: float,
+        refresh_interval: float,
+    ) -> ClaimResult:
+        """Take the pair's write lease for this version, so no older write can land after it."""
+        for _ in range(ETAG_RETRIES):
+            now = self._clock()
+            row = self.read(script_id, device_id)
+            decision = decide_claim(row.pair(destination), version, digest, now, refresh_interval)
+            if decision.claim is not Claim.WRITE:
+                return ClaimResult(decision.claim, row, wait=decision.wait, change=decision.change)
+            owner = uuid.uuid4().hex
+            prefix = PREFIX[destination]
+            # AcceptedAt also heals here: ingest may have queued the report and then failed to
+            # record it.
+            fields = {
+                "AcceptedAt": max(version, row.get("AcceptedAt") or ""),
+                f"{prefix}LeaseOwner": owner,
+                f"{prefix}LeaseUntil": now + lease_seconds,
+            }
+            written = self._write(row, fields)
+            if written is not None:
+                return ClaimResult(Claim.WRITE, written, owner, change=decision.change)
+        return ClaimResult(Claim.BUSY, wait=1.0)
+
+    def finish(
+        self,
+        destination: str,
+        claim: ClaimResult,
+        version: str,
+        *,
         outcome: str,
         reason: str,
+        delivered: bool = False,
+        digest: str | None = None,
+        detection_state: str | None = None,
         keep_lease: bool = False,
+        cache: dict[str, Any] | None = None,
     ) -> None:
-        """Record the outcome and end the lease (or let it run out when a write may still land)."""
-        for _ in range(_ETAG_RETRIES):
-            row = self._read(script_id, device_id)
-            if row is None or row.get("LeaseOwner") != owner:
-                return  # the lease expired and another writer took over
-            fields: dict[str, Any] = {"LastOutcome": outcome, "LastReason": reason}
-            if delivered and version > (row.get("DeliveredAt") or ""):
-                fields["DeliveredAt"] = version
+        """Record the outcome and end the lease (or let it run out when a write may still land).
+
+        The first try reuses the claim's ETag, so a delivery costs no second read.
+        """
+        prefix = PREFIX[destination]
+        row = claim.row
+        for _ in range(ETAG_RETRIES):
+            if row is None or not row.exists or row.col(destination, "LeaseOwner") != claim.owner:
+                return  # the lease expired and another delivery took over
+            fields: dict[str, Any] = {
+                f"{prefix}LastOutcome": outcome,
+                f"{prefix}LastReason": reason,
+                **{f"{prefix}{k}": v for k, v in (cache or {}).items()},
+            }
+            if delivered and version > (row.col(destination, "DeliveredAt") or ""):
+                fields[f"{prefix}DeliveredAt"] = version
+                fields[f"{prefix}DeliveredState"] = detection_state
+                fields[f"{prefix}Digest"] = digest
+                fields[f"{prefix}WrittenAt"] = self._clock()
             if not keep_lease:
-                fields |= {"LeaseOwner": "", "LeaseUntil": 0.0}
-            if self._write(row, fields, create=False):
+                fields |= {f"{prefix}LeaseOwner": "", f"{prefix}LeaseUntil": 0.0}
+            if self._write(row, fields) is not None:
                 return
+            row = self.read(row.script_id, row.device_id)
+
+    def skip_unchanged(self, destination: str, row: Row, version: str) -> None:
+        """An unchanged state within the refresh interval counts as delivered, without a write."""
+        prefix = PREFIX[destination]
+        for _ in range(ETAG_RETRIES):
+            if (row.col(destination, "DeliveredAt") or "") >= version:
+                return
+            fields = {
+                f"{prefix}DeliveredAt": version,
+                f"{prefix}LastOutcome": "ignored",
+                f"{prefix}LastReason": "unchanged",
+            }
+            if row.exists and self._write(row, fields) is not None:
+                return
+            row = self.read(row.script_id, row.device_id)

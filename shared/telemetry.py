@@ -68,6 +68,8 @@ DIMENSIONS = (
     "ageMs",
     "invalidFields",
     "scriptOutput",
+    "destination",
+    "agentVersion",
 )
 METRIC_REPORTS = "bridge.reports"
 METRIC_GRAPH_LATENCY = "bridge.graph.latency"

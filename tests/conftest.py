@@ -28,31 +28,62 @@ def identity_emulator() -> Iterator[Emulator]:
     stop()
 
 
+@pytest.fixture(scope="session")
+def azurite_server() -> Iterator[azurite.Azurite]:
+    server = azurite.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def storage_view(azurite_server: azurite.Azurite) -> StorageView:
+    return StorageView(azurite_server.connection_string)
+
+
 @pytest.fixture
-def emulators(graph_emulator: Emulator, identity_emulator: Emulator) -> tuple[Emulator, Emulator]:
-    """Both emulators, reset to a clean state for this test."""
+def storage(storage_view: StorageView) -> StorageView:
+    """The bridge's queues, blobs and run-state table in Azurite, emptied for this test."""
+    storage_view.clear()
+    return storage_view
+
+
+@pytest.fixture
+def emulators(
+    graph_emulator: Emulator, identity_emulator: Emulator, storage: StorageView
+) -> tuple[Emulator, Emulator]:
+    """Both emulators and storage, reset to a clean state for this test."""
     graph_emulator.reset()
     identity_emulator.reset()
     return graph_emulator, identity_emulator
 
 
 @pytest.fixture(scope="session")
-def host(graph_emulator: Emulator, identity_emulator: Emulator) -> Iterator[Process]:
+def host(
+    graph_emulator: Emulator, identity_emulator: Emulator, storage_view: StorageView
+) -> Iterator[Process]:
     """One function host with default settings, shared by the tests that need no special ones."""
     process = start_process(
         ["host", "--port", "0"],
-        host_env(graph_emulator.url, identity_emulator.url, IDENTITY_HEADER),
+        host_env(
+            graph_emulator.url,
+            identity_emulator.url,
+            IDENTITY_HEADER,
+            AzureWebJobsStorage=storage_view.connection_string,
+        ),
     )
     yield process
     process.stop()
 
 
 @pytest.fixture
-def start_host(graph_emulator: Emulator, identity_emulator: Emulator) -> Iterator[HostFactory]:
+def start_host(
+    graph_emulator: Emulator, identity_emulator: Emulator, storage_view: StorageView
+) -> Iterator[HostFactory]:
     """Start a host with extra settings; each is stopped by PID at the end of the test."""
     started: list[Process] = []
 
     def factory(**settings: str) -> Process:
+        settings.setdefault("AzureWebJobsStorage", storage_view.connection_string)
         env = host_env(graph_emulator.url, identity_emulator.url, IDENTITY_HEADER, **settings)
         process = start_process(["host", "--port", "0"], env)
         started.append(process)
@@ -63,30 +94,11 @@ def start_host(graph_emulator: Emulator, identity_emulator: Emulator) -> Iterato
         process.stop()
 
 
-@pytest.fixture(scope="session")
-def azurite_server() -> Iterator[azurite.Azurite]:
-    server = azurite.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def storage(azurite_server: azurite.Azurite) -> StorageView:
-    """The bridge's queues, blobs and run-state table in Azurite, emptied for this test."""
-    view = StorageView(azurite_server.connection_string)
-    view.clear()
-    return view
-
-
 @pytest.fixture
 def start_queue_host(start_host: HostFactory, storage: StorageView) -> HostFactory:
     """A host in queue mode on Azurite, its queue trigger polling like the Functions host."""
 
     def factory(**settings: str) -> Process:
-        return start_host(
-            BRIDGE_DELIVERY_MODE="queue",
-            AzureWebJobsStorage=storage.connection_string,
-            **settings,
-        )
+        return start_host(BRIDGE_DELIVERY_MODE="queue", **settings)
 
     return factory

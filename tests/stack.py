@@ -152,17 +152,19 @@ class StorageView:
         self.storage.ensure()
 
     def clear(self) -> None:
-        self.storage.queue.clear_messages()
-        self.storage.poison.clear_messages()
+        for queue in self.storage.queues.values():
+            queue.clear_messages()
         for entity in list(self.storage.table.list_entities()):
             self.storage.table.delete_entity(entity["PartitionKey"], entity["RowKey"])
 
-    def poison(self) -> list[dict[str, Any]]:
-        """Every poison message, read without taking it off the queue."""
-        return [json.loads(m.content) for m in self.storage.poison.peek_messages(max_messages=32)]
+    def poison(self, destination: str = "graph") -> list[dict[str, Any]]:
+        """Every poison message of a destination, read without taking it off the queue."""
+        queue = self.storage.queue(destination, poison=True)
+        return [json.loads(m.content) for m in queue.peek_messages(max_messages=32)]
 
-    def queued(self) -> int:
-        return self.storage.queue.get_queue_properties().approximate_message_count
+    def queued(self, destination: str = "graph") -> int:
+        queue = self.storage.queue(destination)
+        return queue.get_queue_properties().approximate_message_count
 
     def row(self, script_id: str, device_id: str) -> dict[str, Any] | None:
         from azure.core.exceptions import ResourceNotFoundError
@@ -171,6 +173,12 @@ class StorageView:
             return dict(self.storage.table.get_entity(script_id, device_id))
         except ResourceNotFoundError:
             return None
+
+
+def busiest_window(times: list[float], width: float) -> int:
+    """The most events any window of `width` seconds holds (Intune counts in 20 s windows)."""
+    times = sorted(times)
+    return max(sum(1 for t in times[i:] if t < start + width) for i, start in enumerate(times))
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 30, interval: float = 0.1) -> Any:

@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import itertools
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 
 import requests
 
-from shared.pacing import TokenBucket
-from tests.stack import INGEST, SCRIPT, Emulator, HostFactory, StorageView, wait_for
+from shared.graph import parse_retry_after
+from shared.pacing import MAX_RETRY_AFTER, SharedBudget
+from tests.stack import (
+    INGEST,
+    SCRIPT,
+    Emulator,
+    HostFactory,
+    StorageView,
+    busiest_window,
+    wait_for,
+)
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
+class FrozenClock:
+    def __init__(self, now: float) -> None:
+        self.now = now
 
     def __call__(self) -> float:
         return self.now
@@ -22,47 +34,48 @@ class FakeClock:
         self.now += seconds
 
 
-def busiest_window(times: list[float], width: float) -> int:
-    times = sorted(times)
-    return max(sum(1 for t in times[i:] if t < start + width) for i, start in enumerate(times))
+def budget(storage: StorageView, clock: FrozenClock, rate: float = 8) -> SharedBudget:
+    return SharedBudget(storage.storage.table, rate, clock=clock, sleep=clock.sleep)
 
 
-def test_token_bucket_never_exceeds_rate_times_window_plus_one() -> None:
-    clock = FakeClock()
-    bucket = TokenBucket(8, clock=clock, sleep=clock.sleep)
-    times = []
-    for _ in range(500):
-        bucket.acquire()
-        times.append(clock.now)
-    assert busiest_window(times, 20) <= 8 * 20 + 1
-    # And it uses the budget: 500 writes take the time the rate says, not longer.
-    assert 499 / 8 <= clock.now <= 499 / 8 + 0.01
+def test_reservations_are_spaced_by_the_budget_less_headroom(storage: StorageView) -> None:
+    clock = FrozenClock(time.time())
+    pace = budget(storage, clock)
+    slots = [pace.reserve(60).at for _ in range(20)]
+    assert all(at is not None for at in slots)
+    gaps = [b - a for a, b in itertools.pairwise(slots)]  # type: ignore[operator]
+    assert min(gaps) >= 1 / 7.6 - 1e-6  # 8 per second less 5% headroom
+    assert busiest_window(slots, 1) <= 8  # type: ignore[arg-type]
 
 
-def test_token_bucket_saves_no_burst_while_idle() -> None:
-    clock = FakeClock()
-    bucket = TokenBucket(10, clock=clock, sleep=clock.sleep)
-    clock.now = 3600.0
-    assert bucket.acquire()
-    assert clock.now == 3600.0
-    assert bucket.acquire()
-    assert clock.now >= 3600.1 - 1e-9
+def test_a_refresh_reserves_nothing_when_the_budget_is_taken_ahead(storage: StorageView) -> None:
+    clock = FrozenClock(time.time())
+    pace = budget(storage, clock)
+    booked = [pace.reserve(3, book_ahead=True) for _ in range(40)]
+    assert booked[-1].at is not None and booked[-1].wait > 3  # a change books the far slot
+    refresh = pace.reserve(3)
+    assert refresh.at is None and refresh.wait > 3
+    after = pace.reserve(3, book_ahead=True)
+    assert after.at == booked[-1].at + pace.interval  # the refresh took no slot
 
 
-def test_token_bucket_gives_up_instead_of_waiting_past_max_wait() -> None:
-    clock = FakeClock()
-    bucket = TokenBucket(1, clock=clock, sleep=clock.sleep)
-    assert bucket.acquire(max_wait=0)
-    assert not bucket.acquire(max_wait=0.5)
-    assert clock.now == 0
+def test_a_huge_retry_after_closes_the_gate_for_an_hour_at_most(storage: StorageView) -> None:
+    clock = FrozenClock(time.time())
+    pace = budget(storage, clock)
+    for seconds in (86_400.0, 1e308):
+        assert pace.throttled(seconds) == MAX_RETRY_AFTER
+    slot = pace.reserve(3)
+    assert (slot.at, slot.reason) == (None, "throttled")
+    assert slot.wait <= 3600
+    clock.now += 3600
+    assert pace.reserve(3).at is not None
 
 
-def test_a_throttle_pauses_the_bucket_for_the_retry_after() -> None:
-    clock = FakeClock()
-    bucket = TokenBucket(100, clock=clock, sleep=clock.sleep)
-    bucket.throttled(5)
-    assert bucket.acquire()
-    assert clock.now >= 5
+def test_retry_after_from_graph_is_capped_at_an_hour() -> None:
+    assert parse_retry_after("86400") == 3600
+    assert parse_retry_after("1e308") == 3600
+    far = format_datetime(datetime.now(UTC) + timedelta(days=400), usegmt=True)
+    assert parse_retry_after(far) == 3600
 
 
 def test_queue_delivery_stays_within_the_configured_rate(

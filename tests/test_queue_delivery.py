@@ -161,9 +161,9 @@ def test_permanent_refusal_goes_to_poison_with_reason_code_and_request_id(
     assert post(host, version(1)).status_code == 202
     [poisoned] = wait_for(storage.poison)
     assert poisoned["reason"] == "endpoint_unsupported"
-    assert poisoned["graph"]["code"] == "No method match route template"
+    assert poisoned["error"]["code"] == "No method match route template"
     [call] = patches(graph)
-    assert poisoned["graph"]["requestId"] == call["request_id"]
+    assert poisoned["error"]["requestId"] == call["request_id"]
     assert poisoned["report"]["deviceId"] == DEVICE
     assert poisoned["report"]["state"]["detectionState"] == "success"
     assert storage.row(SCRIPT, DEVICE)["LastReason"] == "endpoint_unsupported"
@@ -225,22 +225,19 @@ def test_a_report_that_keeps_failing_goes_to_poison_when_its_attempts_run_out(
     [poisoned] = wait_for(storage.poison, timeout=60)
     assert poisoned["reason"] == "retries_exhausted"
     assert poisoned["lastReason"] == "server_error"
-    assert poisoned["graph"]["status"] == 503
+    assert poisoned["error"]["status"] == 503
     assert [p["status"] for p in patches(graph)] == [503, 503, 503]
 
 
 def test_a_malformed_queue_message_is_poisoned_not_retried_forever(storage: StorageView) -> None:
-    from shared.delivery import process_message
+    from shared.delivery import Delivery
+    from shared.destinations.runstates import RunStates
     from shared.settings import Settings
 
     settings = Settings(AzureWebJobsStorage=storage.connection_string)
+    never = None  # neither Graph nor the budget is reached for a malformed message
+    delivery = Delivery(RunStates(never, settings), storage.storage, never, settings)  # type: ignore[arg-type]
     for text in ("not json", '{"schema": 1, "scriptId": "../x"}', '{"schema": 1}', "[]"):
-        outcome = process_message(
-            text,
-            graph=None,  # type: ignore[arg-type]  # never reached
-            storage=storage.storage,
-            pacer=None,  # type: ignore[arg-type]
-            settings=settings,
-        )
-        assert (outcome.event, outcome.reason) == ("poisoned", "malformed_message")
+        [outcome] = delivery.process(text)
+        assert (outcome.outcome, outcome.reason) == ("poisoned", "malformed_message")
     assert [p["reason"] for p in storage.poison()] == ["malformed_message"] * 4

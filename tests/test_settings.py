@@ -96,10 +96,11 @@ def test_empty_values_mean_unset() -> None:
     assert load(AZURE_CLIENT_ID="", GRAPH_BASE_URL=" ").azure_client_id is None
 
 
-def test_queue_mode_needs_storage_and_sync_mode_does_not() -> None:
-    with pytest.raises(SettingsError, match="AzureWebJobsStorage"):
-        Settings.from_env({})
-    assert Settings.from_env({"BRIDGE_DELIVERY_MODE": "sync"}).delivery_mode == "sync"
+def test_both_modes_need_storage() -> None:
+    for mode in ("queue", "sync"):
+        with pytest.raises(SettingsError, match="AzureWebJobsStorage"):
+            Settings.from_env({"BRIDGE_DELIVERY_MODE": mode})
+    assert load(BRIDGE_DELIVERY_MODE="sync").delivery_mode == "sync"
     assert load().delivery_mode == "queue"
     identity_based = Settings.from_env({"AzureWebJobsStorage__accountName": "stbridge"})
     assert identity_based.storage_connection is None

@@ -13,7 +13,15 @@ from typing import Any
 import requests
 
 from shared.pacing import SharedBudget
-from tests.stack import INGEST, SCRIPT, Emulator, HostFactory, StorageView, wait_for
+from tests.stack import (
+    INGEST,
+    SCRIPT,
+    Emulator,
+    HostFactory,
+    StorageView,
+    busiest_window,
+    wait_for,
+)
 
 BUDGET = 9.5  # per_slot = 9 writes in each one-second slot
 
@@ -31,11 +39,6 @@ class FrozenClock:
 
 def stamp(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
-def busiest_window(times: list[float], width: float) -> int:
-    times = sorted(times)
-    return max(sum(1 for t in times[i:] if t < start + width) for i, start in enumerate(times))
 
 
 def reports(count: int) -> list[dict[str, Any]]:
@@ -70,7 +73,7 @@ def test_instances_sharing_the_table_space_their_writes_by_the_budget(
     granted = []
     for _ in range(4):
         for clock, budget in zip(clocks, budgets, strict=True):
-            if budget.acquire(max_wait=1.0):
+            if budget.acquire(max_wait=1.0).at is not None:
                 granted.append(clock.now)
             clock.now = start  # every instance asks "now": only the budget spaces them
     gaps = [b - a for a, b in zip(sorted(granted), sorted(granted)[1:], strict=False)]
@@ -85,9 +88,11 @@ def test_a_429_closes_the_gate_for_every_instance(storage: StorageView) -> None:
     first, second = FrozenClock(now), FrozenClock(now)
     SharedBudget(table, 8, clock=first, sleep=first.sleep).throttled(5)
     other = SharedBudget(table, 8, clock=second, sleep=second.sleep)
-    assert not other.acquire(max_wait=2)
-    assert other.acquire()
-    assert second.now >= now + 5
+    closed = other.acquire(max_wait=2)
+    assert (closed.at, closed.reason) == (None, "throttled")
+    assert 4.9 <= closed.wait <= 5
+    second.now += closed.wait
+    assert other.acquire(max_wait=2).at is not None
 
 
 def test_three_hosts_share_the_budget_and_lose_nothing_when_one_is_killed(
