@@ -12,13 +12,13 @@ import time
 
 _started = time.perf_counter()
 from collections import Counter  # noqa: E402
-from datetime import timedelta  # noqa: E402
 from typing import Any  # noqa: E402
 
 from azure.core.credentials import AccessToken  # noqa: E402
 
-from shared.delivery import deliver  # noqa: E402
-from shared.graph import GraphClient  # noqa: E402
+from shared.delivery import backoff_delay  # noqa: E402
+from shared.graph import GraphClient, GraphResult  # noqa: E402
+from shared.outcomes import Outcome  # noqa: E402
 
 IMPORT_SECONDS = time.perf_counter() - _started
 
@@ -33,14 +33,30 @@ class StaticToken:
         return self._token
 
 
-class Body:
-    """Quacks like shared.mapping.DeviceState for deliver(): it only asks for the PATCH body."""
-
-    def __init__(self, body: dict[str, Any]) -> None:
-        self.body = body
-
-    def patch_body(self) -> dict[str, Any]:
-        return self.body
+def with_retries(
+    graph: GraphClient,
+    script: str,
+    device: str,
+    body: dict[str, Any],
+    *,
+    attempts: int,
+    max_wait: float,
+) -> tuple[GraphResult, int]:
+    """Sync mode's retry rule (shared.delivery.Delivery.deliver_now) without its storage: retry a
+    transient answer after Retry-After or jittered backoff while attempts and the wait last."""
+    tried = 0
+    while True:
+        tried += 1
+        result = graph.patch_run_state(script, f"{script}:{device}", body)
+        if result.outcome is not Outcome.TRANSIENT or tried >= attempts:
+            return result, tried
+        delay = (
+            result.retry_after if result.retry_after is not None else backoff_delay(tried, 0.5, 4)
+        )
+        if delay > max_wait:
+            return result, tried
+        max_wait -= delay
+        time.sleep(delay)
 
 
 def main() -> int:
@@ -49,7 +65,6 @@ def main() -> int:
     built = time.perf_counter()
     graph = GraphClient(config["graph_url"], config["scope"], StaticToken(config["token"]))
     build_seconds = time.perf_counter() - built
-    template = "{scriptId}:{deviceId}"
     statuses: Counter[str] = Counter()
     attempts_total = 0
     delivered = 0
@@ -61,17 +76,15 @@ def main() -> int:
             result = graph.patch_run_state(script, f"{script}:{device}", body)
             attempts_total += 1
         else:
-            outcome = deliver(
+            result, tried = with_retries(
                 graph,
-                script_id=script,
-                device_id=device,
-                state=Body(body),  # type: ignore[arg-type]
-                template=template,
+                script,
+                device,
+                body,
                 attempts=config["attempts"],
-                max_wait=timedelta(seconds=config["max_wait"]),
+                max_wait=config["max_wait"],
             )
-            result = outcome.result
-            attempts_total += outcome.attempts
+            attempts_total += tried
         statuses[str(result.status)] += 1
         if result.outcome.value == "delivered":
             delivered += 1

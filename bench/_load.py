@@ -34,14 +34,14 @@ def queue_bridge(storage_connection: str, **settings: str) -> Any:
 
 def clear_storage(bridge: Any) -> None:
     storage = bridge.storage
-    storage.queue.clear_messages()
-    storage.poison.clear_messages()
+    for queue in storage.queues.values():
+        queue.clear_messages()
     for entity in list(storage.table.list_entities()):
         storage.table.delete_entity(entity["PartitionKey"], entity["RowKey"])
 
 
 def queued(bridge: Any) -> int:
-    return bridge.storage.queue.get_queue_properties().approximate_message_count
+    return bridge.storage.queue("graph").get_queue_properties().approximate_message_count
 
 
 def ingest_in_process(bridge: Any, reports: Iterable[dict[str, Any]], threads: int = 1) -> Counter:

@@ -3,10 +3,11 @@
     python -m bench.throttle [--n 40] [--probability 0.2] [--no-sdk]
 
 The Graph emulator injects the 429 with a fault rule (probability per request). The bridge runs
-its sync-mode retry (shared.delivery.deliver with the default BRIDGE_SYNC_ATTEMPTS=3 and
-BRIDGE_SYNC_MAX_WAIT), and again with 4 attempts; the SDK its own retry handler with defaults
-(3 retries = 4 attempts). In queue mode the bridge never gives up this early: a throttled report
-is re-enqueued with the Retry-After as its visibility delay. From the emulator's
+its sync-mode retry rule (that of shared.delivery.Delivery.deliver_now, with the default
+BRIDGE_SYNC_ATTEMPTS=3 and BRIDGE_SYNC_MAX_WAIT), and again with 4 attempts; the SDK its own
+retry handler with defaults (3 retries = 4 attempts). In queue mode the bridge never gives up
+this early: a throttled report is re-enqueued with the Retry-After as its visibility delay. From
+the emulator's
 request log: how many reports of N each client delivered, how many 429s it was given, and how long
 it actually waited after each 429 (anything under 2.128 s retries too early).
 """
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     defaults = Settings(BRIDGE_DELIVERY_MODE="sync")
     attempts, max_wait = defaults.sync_attempts, defaults.sync_max_wait.total_seconds()
     print(
-        f"bridge: deliver() with BRIDGE_SYNC_ATTEMPTS={attempts}, "
+        f"bridge: sync-mode retry with BRIDGE_SYNC_ATTEMPTS={attempts}, "
         f"BRIDGE_SYNC_MAX_WAIT={max_wait:g}s; SDK: default RetryHandler (3 retries)"
     )
     # (label, worker, attempts): the product's sync default, then as many attempts as the SDK's

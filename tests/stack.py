@@ -21,6 +21,13 @@ DEVICE = "6f1b4c2e-8d3a-4b7e-9c1f-2a5d8e9b0c11"
 SCRIPT = "3c9e7a1d-5b2f-4e8c-a6d4-1f0b9e8c7a25"
 CLIENT_ID = "00000000-0000-0000-0000-00000000b71d"
 READY_TIMEOUT = 30
+# For in-process tests refused before anything is stored: storage that answers nothing.
+UNREACHABLE_STORAGE = (
+    "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
+    "QueueEndpoint=http://127.0.0.1:9/devstoreaccount1;"
+    "TableEndpoint=http://127.0.0.1:9/devstoreaccount1;"
+    "BlobEndpoint=http://127.0.0.1:9/devstoreaccount1;"
+)
 
 
 @dataclass

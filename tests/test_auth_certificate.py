@@ -28,8 +28,10 @@ from tests.stack import (
     DEVICE,
     INGEST,
     SCRIPT,
+    UNREACHABLE_STORAGE,
     Emulator,
     Process,
+    StorageView,
     host_env,
     report_body,
     start_process,
@@ -52,6 +54,7 @@ def cert_settings(**extra: str) -> Settings:
             "BRIDGE_DELIVERY_MODE": "sync",
             "BRIDGE_AUTH_MODE": "certificate",
             "BRIDGE_TRUSTED_CA_CERTS": trusted().bundle_pem,
+            "AzureWebJobsStorage": UNREACHABLE_STORAGE,
             **extra,
         }
     )
@@ -175,11 +178,14 @@ def test_certificate_mode_without_a_bundle_fails_at_start_up() -> None:
 
 
 @pytest.fixture(scope="module")
-def cert_host(graph_emulator: Emulator, identity_emulator: Emulator) -> Iterator[Process]:
+def cert_host(
+    graph_emulator: Emulator, identity_emulator: Emulator, storage_view: StorageView
+) -> Iterator[Process]:
     env = host_env(
         graph_emulator.url,
         identity_emulator.url,
         IDENTITY_HEADER,
+        AzureWebJobsStorage=storage_view.connection_string,
         BRIDGE_AUTH_MODE="certificate",
         BRIDGE_TRUSTED_CA_CERTS=trusted().bundle_pem,
     )

@@ -21,7 +21,16 @@ from shared.api import PROBLEM_JSON, ApiResponse, ingest
 from shared.runtime import Bridge
 from shared.settings import Settings, SettingsError
 from tests.conftest import IDENTITY_HEADER
-from tests.stack import INGEST, Emulator, Process, host_env, report_body, start_process
+from tests.stack import (
+    INGEST,
+    UNREACHABLE_STORAGE,
+    Emulator,
+    Process,
+    StorageView,
+    host_env,
+    report_body,
+    start_process,
+)
 
 
 def new_secret() -> str:
@@ -63,6 +72,7 @@ def post_in_process(headers: dict[str, str], body: bytes) -> ApiResponse:
             "BRIDGE_DELIVERY_MODE": "sync",
             "BRIDGE_AUTH_MODE": "hmac",
             "BRIDGE_HMAC_SECRETS": f"{OLD_SECRET}, {NEW_SECRET}",
+            "AzureWebJobsStorage": UNREACHABLE_STORAGE,
         }
     )
     bridge = Bridge(settings=settings, graph=UnreachableGraph())  # type: ignore[arg-type]
@@ -157,6 +167,7 @@ def test_an_unusable_secret_fails_at_start_up_without_showing_it(value: str, mes
                 "BRIDGE_DELIVERY_MODE": "sync",
                 "BRIDGE_AUTH_MODE": "hmac",
                 "BRIDGE_HMAC_SECRETS": value,
+                "AzureWebJobsStorage": UNREACHABLE_STORAGE,
             }
         )
     assert not value or value not in str(error.value)
@@ -179,11 +190,14 @@ def test_secrets_never_appear_in_the_settings_repr() -> None:
 
 
 @pytest.fixture(scope="module")
-def hmac_host(graph_emulator: Emulator, identity_emulator: Emulator) -> Iterator[Process]:
+def hmac_host(
+    graph_emulator: Emulator, identity_emulator: Emulator, storage_view: StorageView
+) -> Iterator[Process]:
     env = host_env(
         graph_emulator.url,
         identity_emulator.url,
         IDENTITY_HEADER,
+        AzureWebJobsStorage=storage_view.connection_string,
         BRIDGE_AUTH_MODE="hmac",
         BRIDGE_HMAC_SECRETS=f"{OLD_SECRET},{NEW_SECRET}",
     )

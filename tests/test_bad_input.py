@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.stack import DEVICE, INGEST, SCRIPT, Emulator, Process, report_body
+from tests.stack import DEVICE, INGEST, SCRIPT, UNREACHABLE_STORAGE, Emulator, Process, report_body
 
 JSON = {"Content-Type": "application/json"}
 MAX = 2 * 1024 * 1024
@@ -122,7 +122,11 @@ def test_declared_oversize_is_refused_by_content_length_alone() -> None:
     from shared.runtime import Bridge
     from shared.settings import Settings
 
-    settings = Settings(BRIDGE_MAX_BODY_BYTES=1024, BRIDGE_DELIVERY_MODE="sync")
+    settings = Settings(
+        BRIDGE_MAX_BODY_BYTES=1024,
+        BRIDGE_DELIVERY_MODE="sync",
+        AzureWebJobsStorage=UNREACHABLE_STORAGE,
+    )
     bridge = Bridge(settings=settings, graph=None)  # type: ignore[arg-type]  # never reached
     headers = {"Content-Type": "application/json", "Content-Length": "1025"}
     response = ingest("POST", headers, b"{}", bridge=bridge)

@@ -10,7 +10,7 @@ from shared.api import ingest
 from shared.models import ComplianceReport
 from shared.runtime import Bridge
 from shared.settings import Settings
-from tests.stack import ROOT
+from tests.stack import ROOT, UNREACHABLE_STORAGE
 
 AGENT_API = (ROOT / "docs" / "agent-api.md").read_text()
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -34,7 +34,10 @@ def test_error_example_is_what_the_bridge_answers() -> None:
         "scriptId": "3c9e7a1d-5b2f-4e8c-a6d4-1f0b9e8c7a25",
         "execution": {"exitCode": 0, "finishedAt": "2026-11-28T10:00:02"},
     }
-    bridge = Bridge(settings=Settings(BRIDGE_DELIVERY_MODE="sync"), graph=None)  # type: ignore[arg-type]  # never reached
+    bridge = Bridge(
+        settings=Settings(BRIDGE_DELIVERY_MODE="sync", AzureWebJobsStorage=UNREACHABLE_STORAGE),
+        graph=None,
+    )  # type: ignore[arg-type]  # never reached
     response = ingest(
         "POST",
         {"Content-Type": "application/json"},

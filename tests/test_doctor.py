@@ -228,13 +228,13 @@ def test_storage_unreachable_and_dead_letters(
     assert "could not reach storage" in run.reason("FAIL", "storage")
 
 
-def test_sync_mode_needs_no_storage(emulators: tuple[Emulator, Emulator]) -> None:
+def test_sync_mode_needs_storage_too(emulators: tuple[Emulator, Emulator]) -> None:
     graph, identity = emulators
     run = doctor(
         host_env(graph.url, identity.url, IDENTITY_HEADER, BRIDGE_ALLOWED_SCRIPT_IDS=SCRIPT)
     )
-    assert run.code == 0, run.out
-    assert "sync mode" in run.reason("PASS", "storage")
+    assert run.code != 0
+    assert "AzureWebJobsStorage" in run.reason("FAIL", "settings")
 
 
 def test_token_claims_reads_a_payload_without_verifying_it() -> None:

@@ -26,7 +26,7 @@ from shared import runtime
 from shared.settings import get_settings
 from tests.certs import header, trusted, untrusted
 from tests.conftest import IDENTITY_HEADER
-from tests.stack import CLIENT_ID, SCRIPT, Emulator
+from tests.stack import CLIENT_ID, SCRIPT, Emulator, StorageView
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
 FUZZ_DEVICE = str(uuid.uuid4())  # its own device, so its rate-limit bucket is its own too
@@ -191,7 +191,10 @@ def closed_port() -> Iterator[int]:
 
 @pytest.fixture(scope="module")
 def bridge_env(
-    identity_emulator: Emulator, closed_port: int, monkeypatch_module: pytest.MonkeyPatch
+    identity_emulator: Emulator,
+    closed_port: int,
+    monkeypatch_module: pytest.MonkeyPatch,
+    storage_view: StorageView,
 ) -> Iterator[None]:
     """The process-wide bridge that `function_app` reaches, configured for both device proofs."""
     env = {
@@ -204,6 +207,7 @@ def bridge_env(
         "BRIDGE_AUTH_MODE": "certificate,hmac",
         "BRIDGE_TRUSTED_CA_CERTS": trusted().bundle_pem,
         "BRIDGE_HMAC_SECRETS": SECRET,
+        "AzureWebJobsStorage": storage_view.connection_string,
     }
     for name, value in env.items():
         monkeypatch_module.setenv(name, value)

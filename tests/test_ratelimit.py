@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
 
 from shared.api import PROBLEM_JSON, ApiResponse, ingest
-from shared.graph import GraphResult, Outcome
 from shared.ratelimit import DeviceRateLimiter
 from shared.runtime import Bridge
 from shared.settings import Settings
-from tests.stack import report_body
+from tests.stack import StorageView, report_body
 
 
 class FakeClock:
@@ -57,43 +55,39 @@ def test_memory_is_bounded_by_forgetting_the_longest_idle_device() -> None:
     assert limiter.acquire("a") is None  # forgotten: it starts with a full bucket again
 
 
-class DeliveredGraph:
-    """Graph that accepts every write, so only the rate limit can refuse a report."""
-
-    def __init__(self) -> None:
-        self.writes = 0
-
-    def patch_run_state(self, *_: Any, **__: Any) -> GraphResult:
-        self.writes += 1
-        return GraphResult(Outcome.DELIVERED, "delivered", status=204, request_id="r")
-
-
-def post(bridge: Bridge, device: str) -> ApiResponse:
-    body = json.dumps(report_body(deviceId=device)).encode()
+def post(bridge: Bridge, device: str, finished: str = "2026-11-28T10:00:02Z") -> ApiResponse:
+    execution = {**report_body()["execution"], "finishedAt": finished}
+    body = json.dumps(report_body(deviceId=device, execution=execution)).encode()
     return ingest("POST", {"Content-Type": "application/json"}, body, bridge=bridge)
 
 
-def limited_bridge(limit: int) -> tuple[Bridge, DeliveredGraph]:
-    graph = DeliveredGraph()
+def limited_bridge(limit: int, storage: StorageView) -> Bridge:
     settings = Settings.model_validate(
-        {"BRIDGE_DELIVERY_MODE": "sync", "BRIDGE_DEVICE_RATE_LIMIT": str(limit)}
+        {
+            "BRIDGE_DEVICE_RATE_LIMIT": str(limit),
+            "AzureWebJobsStorage": storage.connection_string,
+        }
     )
-    return Bridge(settings=settings, graph=graph), graph  # type: ignore[arg-type]
+    return Bridge(settings=settings, graph=None)  # type: ignore[arg-type]  # queue mode: no write
 
 
-def test_a_device_over_its_limit_gets_429_problem_with_retry_after_and_graph_is_spared() -> None:
-    bridge, graph = limited_bridge(2)
+def test_a_device_over_its_limit_gets_429_problem_with_retry_after_and_nothing_is_queued(
+    storage: StorageView,
+) -> None:
+    bridge = limited_bridge(2, storage)
     device = str(uuid.uuid4())
-    assert [post(bridge, device).status for _ in range(2)] == [200, 200]
-    refused = post(bridge, device)
+    sent = [post(bridge, device, f"2026-11-28T10:00:0{n}Z").status for n in range(2)]
+    assert sent == [202, 202]
+    refused = post(bridge, device, "2026-11-28T10:00:05Z")
     assert refused.status == 429
     assert refused.content_type == PROBLEM_JSON
     assert refused.body["type"].endswith(":rate-limited")
     assert refused.headers["Retry-After"].isdigit()
     assert 1 <= int(refused.headers["Retry-After"]) <= 30
-    assert graph.writes == 2
-    assert post(bridge, str(uuid.uuid4())).status == 200  # another device is not affected
+    assert storage.queued() == 2
+    assert post(bridge, str(uuid.uuid4())).status == 202  # another device is not affected
 
 
 def test_the_default_is_sixty_reports_per_minute() -> None:
-    assert Settings.model_validate({"BRIDGE_DELIVERY_MODE": "sync"}).device_rate_limit == 60
+    settings = Settings.model_validate({"AzureWebJobsStorage": "UseDevelopmentStorage=true"})
+    assert settings.device_rate_limit == 60
