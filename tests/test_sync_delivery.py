@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import re
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any
 
 import pytest
 import requests
 
-from tests.stack import DEVICE, INGEST, SCRIPT, Emulator, HostFactory, Process, report_body
+from tests.stack import (
+    DEVICE,
+    INGEST,
+    SCRIPT,
+    Emulator,
+    HostFactory,
+    Process,
+    StorageView,
+    busiest_window,
+    report_body,
+    wait_for,
+)
 
 GRAPH_DATETIME = re.compile(
     r"^[0-9]{4,}-(0[1-9]|1[012])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
@@ -115,6 +128,102 @@ def test_live_route_refusal_is_a_permanent_502_naming_the_reason_and_request_id(
     assert problem["graph"]["requestId"] == call["request_id"]
     assert call["request_id"] in problem["detail"]
     assert graph.states() == []
+
+
+def finished(second: int) -> dict[str, Any]:
+    return report_body(
+        execution={**report_body()["execution"], "finishedAt": f"2026-11-28T10:00:{second:02d}Z"}
+    )
+
+
+def test_sync_mode_answers_duplicates_and_stale_reports_like_queue_mode(
+    host: Process, emulators: tuple[Emulator, Emulator]
+) -> None:
+    graph, _ = emulators
+    newer, older = finished(30), finished(10)
+    assert post(host, newer).json()["status"] == "delivered"
+    again = post(host, newer)
+    assert (again.status_code, again.json()["status"], again.json()["reason"]) == (
+        200,
+        "ignored",
+        "duplicate",
+    )
+    stale = post(host, older)
+    assert (stale.status_code, stale.json()["reason"]) == (200, "stale")
+    assert len(patches(graph)) == 1  # neither the duplicate nor the older state reached Graph
+    [state] = graph.states()
+    assert state["lastStateUpdateDateTime"].startswith("2026-11-28T10:00:30")
+
+
+def test_a_permanent_refusal_in_sync_mode_is_dead_lettered_once_with_its_reason(
+    host: Process, emulators: tuple[Emulator, Emulator], storage: StorageView
+) -> None:
+    graph, _ = emulators
+    graph.post("faults", [{"status": 400, "code": "No method match route template"}])
+    response = post(host, finished(40))
+    assert response.status_code == 502
+    assert response.json()["type"].endswith(":graph-endpoint-unsupported")
+    [poisoned] = storage.poison()
+    assert poisoned["reason"] == "endpoint_unsupported"
+    assert poisoned["error"]["code"] == "No method match route template"
+    assert poisoned["report"]["deviceId"] == DEVICE
+    # The agent drops it on 502 graph-*; if it sends it anyway, nothing is written twice.
+    assert post(host, finished(40)).json()["reason"] == "duplicate"
+    assert len(storage.poison()) == 1
+
+
+def test_a_transient_failure_in_sync_mode_gives_the_acceptance_back(
+    host: Process, emulators: tuple[Emulator, Emulator], storage: StorageView
+) -> None:
+    graph, _ = emulators
+    graph.post("faults", [{"status": 503, "count": 10}])
+    assert post(host, finished(50)).status_code == 503
+    graph.post("faults", [])
+    # The agent keeps the report and sends it again: it is accepted, not a "duplicate".
+    assert post(host, finished(50)).json()["status"] == "delivered"
+    assert storage.poison() == []
+
+
+def test_three_sync_hosts_under_a_burst_keep_every_window_within_the_shared_budget(
+    start_host: HostFactory, emulators: tuple[Emulator, Emulator], storage: StorageView
+) -> None:
+    graph, _ = emulators
+    graph.post("config", {"writeLimit": "200/20"})
+    budget = 4.0
+    settings = {
+        "BRIDGE_GRAPH_WRITES_PER_SECOND": str(budget),
+        "BRIDGE_DEVICE_RATE_LIMIT": "0",
+        "BRIDGE_SYNC_MAX_WAIT": "2s",
+    }
+    hosts = [start_host(**settings) for _ in range(3)]
+    bodies = [report_body(deviceId=str(uuid.uuid4())) for _ in range(150)]
+    pending = list(bodies)
+    answers: dict[int, int] = {}
+    session = requests.Session()
+    rounds = 0
+    while pending and rounds < 12:  # the agents' retries, bounded
+        rounds += 1
+        with ThreadPoolExecutor(12) as pool:
+            sent = list(
+                pool.map(
+                    lambda pair: session.post(
+                        hosts[pair[0] % 3].url + INGEST, json=pair[1], timeout=60
+                    ),
+                    enumerate(pending),
+                )
+            )
+        for response in sent:
+            answers[response.status_code] = answers.get(response.status_code, 0) + 1
+            if response.status_code == 503:
+                assert int(response.headers["Retry-After"]) >= 1
+        pending = [b for b, r in zip(pending, sent, strict=True) if r.status_code == 503]
+    assert set(answers) <= {200, 503}
+    assert answers.get(503), "the burst never outran the budget: the test proved nothing"
+    wait_for(lambda: len(graph.states()) == len(bodies), timeout=10)
+    writes = [r for r in graph.requests() if r["method"] == "PATCH"]
+    assert [r for r in writes if r["status"] == 429] == []
+    times = [datetime.fromisoformat(r["time"].replace("Z", "+00:00")).timestamp() for r in writes]
+    assert busiest_window(times, 20) <= budget * 20
 
 
 def test_missing_app_role_is_a_permanent_forbidden(
