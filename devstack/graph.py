@@ -527,7 +527,13 @@ class GraphEmulator:
             if self.run_state_ids == "opaque":
                 if device is not None and GUID_RE.match(device):
                     self._pair_id(script_id, device)
-                ids = [rid for (sid, _), rid in self.pair_ids.items() if sid == script_id]
+                # A device Intune no longer knows has no run states to list.
+                known = self.devices.devices
+                ids = [
+                    rid
+                    for (sid, dev), rid in self.pair_ids.items()
+                    if sid == script_id and dev in known
+                ]
             else:
                 ids = [rid for (sid, rid) in self.states if sid == script_id]
             rows = [
