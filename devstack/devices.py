@@ -58,8 +58,8 @@ INSUFFICIENT = "Insufficient privileges to complete the operation."
 _NAMESPACE = uuid.UUID("3b8f2c1e-7d4a-4e59-9a61-5c0d2e8f7b13")
 
 
-class DeviceRequestError(Exception):
-    """A device request Graph refuses: ``status`` and ``code`` as Graph answers them."""
+class RequestRefused(Exception):
+    """A request Graph refuses (a device PATCH, a ``$select``): status and code as Graph's."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
@@ -195,7 +195,7 @@ def select(entity: dict[str, Any], raw: str | None, type_name: str) -> dict[str,
     names = [name.strip() for name in raw.split(",") if name.strip()]
     for name in names:
         if name not in entity:
-            raise DeviceRequestError(
+            raise RequestRefused(
                 400,
                 "BadRequest",
                 f"Could not find a property named '{name}' on type 'microsoft.graph.{type_name}'.",
@@ -204,47 +204,47 @@ def select(entity: dict[str, Any], raw: str | None, type_name: str) -> dict[str,
 
 
 def validate_device_patch(body: Any) -> dict[str, str | None]:
-    """The extension attributes an app-only PATCH of a device sets, or DeviceRequestError."""
+    """The extension attributes an app-only PATCH of a device sets, or RequestRefused."""
     if not isinstance(body, dict):
-        raise DeviceRequestError(400, "Request_BadRequest", "The request body must be an object.")
+        raise RequestRefused(400, "Request_BadRequest", "The request body must be an object.")
     for key, value in body.items():
         if key == "@odata.type" and value == DEVICE_TYPE:
             continue
         if key in READ_ONLY_PROPERTIES:
-            raise DeviceRequestError(
+            raise RequestRefused(
                 400, "Request_BadRequest", f"Property '{key}' is read-only and cannot be set."
             )
         if key in DEVICE_PROPERTIES:
             # App-only callers that are not an approved MDM app may set only extensionAttributes.
-            raise DeviceRequestError(403, "Authorization_RequestDenied", INSUFFICIENT)
+            raise RequestRefused(403, "Authorization_RequestDenied", INSUFFICIENT)
         if key != "extensionAttributes":
-            raise DeviceRequestError(
+            raise RequestRefused(
                 400,
                 "Request_BadRequest",
                 f"Property '{key}' does not exist as a declared property or extension property.",
             )
     attributes = body.get("extensionAttributes")
     if "extensionAttributes" not in body or not isinstance(attributes, dict):
-        raise DeviceRequestError(
+        raise RequestRefused(
             400, "Request_BadRequest", "Property 'extensionAttributes' must be an object."
         )
     for name, value in attributes.items():
         if name not in EXTENSION_ATTRIBUTES:
-            raise DeviceRequestError(
+            raise RequestRefused(
                 400,
                 "Request_BadRequest",
                 f"Property '{name}' does not exist on type "
                 "'microsoft.graph.onPremisesExtensionAttributes'.",
             )
         if value is not None and not isinstance(value, str):
-            raise DeviceRequestError(
+            raise RequestRefused(
                 400,
                 "Request_BadRequest",
                 f"Invalid value {json.dumps(value)} for property '{name}': "
                 "expected a string or null.",
             )
         if isinstance(value, str) and len(value) > MAX_ATTRIBUTE_LENGTH:
-            raise DeviceRequestError(
+            raise RequestRefused(
                 400,
                 "Request_BadRequest",
                 f"Invalid value for property '{name}': at most {MAX_ATTRIBUTE_LENGTH} characters "

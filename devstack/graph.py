@@ -35,7 +35,7 @@ from devstack.devices import (
     GUID_RE,
     INSUFFICIENT,
     DeviceRegistry,
-    DeviceRequestError,
+    RequestRefused,
     select,
     validate_device_patch,
 )
@@ -543,7 +543,7 @@ class GraphEmulator:
             ]
         try:
             rows = [select(row, call.query.get("$select"), STATE_TYPE) for row in rows if row]
-        except DeviceRequestError as exc:
+        except RequestRefused as exc:
             return graph_error(exc.status, exc.code, exc.message, call)
         selected = f"({call.query['$select']})" if call.query.get("$select") else ""
         context = (
@@ -586,7 +586,7 @@ class GraphEmulator:
         raw = call.query.get("$select")
         try:
             body = select(entity, raw, "managedDevice")
-        except DeviceRequestError as exc:
+        except RequestRefused as exc:
             return graph_error(exc.status, exc.code, exc.message, call)
         selected = f"({raw})" if raw else ""
         context = (
@@ -613,7 +613,7 @@ class GraphEmulator:
         if call.method == "PATCH":
             try:
                 attributes = validate_device_patch(call.body)
-            except DeviceRequestError as exc:
+            except RequestRefused as exc:
                 return graph_error(exc.status, exc.code, exc.message, call)
         with self.lock:
             device = self.devices.by_object_id(object_id)
@@ -636,7 +636,7 @@ class GraphEmulator:
             return Outcome(204, None, applied=True)
         try:
             body = select(entity, call.query.get("$select"), "device")
-        except DeviceRequestError as exc:
+        except RequestRefused as exc:
             return graph_error(exc.status, exc.code, exc.message, call)
         context = f"https://graph.microsoft.com/{call.version}/$metadata#devices/$entity"
         return Outcome(200, {"@odata.context": context, **body})
@@ -659,7 +659,7 @@ class GraphEmulator:
         raw = call.query.get("$select")
         try:
             rows = [select(row, raw, "device") for row in rows]
-        except DeviceRequestError as exc:
+        except RequestRefused as exc:
             return graph_error(exc.status, exc.code, exc.message, call)
         selected = f"({raw})" if raw else ""
         context = f"https://graph.microsoft.com/{call.version}/$metadata#devices{selected}"

@@ -64,6 +64,7 @@ DEFAULT_COLUMNS: dict[str, str] = {
 COLUMN_TYPES = ("string", "datetime", "int", "long", "real", "boolean", "dynamic")
 MAX_CONTENT_LENGTH = 1024 * 1024  # on the wire, compressed or not
 MAX_DECODED_LENGTH = 50 * 1024 * 1024  # checked after decompression
+MAX_READ = 16 * 1024 * 1024  # a body larger than this is refused unread
 MAX_FIELD_BYTES = 64 * 1024  # longer string values are truncated, not refused
 RULE_ID_RE = re.compile(r"^dcr-[0-9a-f]{32}$")
 DATETIME_RE = re.compile(
@@ -196,6 +197,13 @@ def check_rows(body: Any, columns: dict[str, str]) -> tuple[list[dict[str, Any]]
     return stored, truncated
 
 
+def _too_long(length: int) -> str:
+    return (
+        f"Maximum allowed content length: {MAX_CONTENT_LENGTH} bytes (1 MB). "
+        f"Provided content length: {length} bytes."
+    )
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
@@ -203,12 +211,7 @@ def _reject_constant(name: str) -> Any:
 def decode_body(raw: bytes, encoding: str) -> tuple[Any, int]:
     """The body's JSON and its decoded size, or the Refusal the service would answer."""
     if len(raw) > MAX_CONTENT_LENGTH:
-        raise Refusal(
-            413,
-            "ContentLengthLimitExceeded",
-            f"Maximum allowed content length: {MAX_CONTENT_LENGTH} bytes (1 MB). "
-            f"Provided content length: {len(raw)} bytes.",
-        )
+        raise Refusal(413, "ContentLengthLimitExceeded", _too_long(len(raw)))
     if encoding == "gzip":
         try:
             data = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(raw, MAX_DECODED_LENGTH + 1)
@@ -484,6 +487,12 @@ class LogsHandler(JsonHandler):
             # The bridge's client always sends a Content-Length; refuse rather than guess.
             self.close_connection = True
             self._error(Refusal(411, "LengthRequired", "Content-Length is required."), None)
+            return
+        if int(self.headers.get("Content-Length") or 0) > MAX_READ:
+            # Far past the limit: answer without reading it all, and drop the connection after.
+            self.close_connection = True
+            length = int(self.headers["Content-Length"])
+            self._error(Refusal(413, "ContentLengthLimitExceeded", _too_long(length)), None)
             return
         upload = Upload(
             path=self.path_only,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -286,6 +287,17 @@ def test_a_call_over_1_mib_on_the_wire_is_413_with_the_services_message(emu: Log
     )
     # The same rows gzip far below the limit, and are taken.
     assert post(emu, gzip.compress(body), headers={"Content-Encoding": "gzip"}).status_code == 204
+
+
+def test_a_body_far_over_the_limit_is_refused_before_it_is_read(emu: LogsEmulator) -> None:
+    host, port = emu.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        head = f"POST {PATH}?api-version={logs.API_VERSION} HTTP/1.1\r\nHost: {host}\r\n"
+        sock.sendall(f"{head}Content-Length: {64 * MIB}\r\n\r\n".encode())
+        # The emulator answers and closes the connection without waiting for the body.
+        answer = b"".join(iter(lambda: sock.recv(4096), b"")).decode()
+    assert answer.startswith("HTTP/1.1 413 ")
+    assert f"Provided content length: {64 * MIB} bytes." in answer
 
 
 @pytest.mark.parametrize(
