@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 import requests
 
+from devstack.up import Stack
 from tests.stack import ROOT, wait_for
 
 PROC = Path("/proc")
@@ -135,3 +137,41 @@ def test_the_stack_passes_the_logs_emulator_to_the_host(
     assert "Device.ReadWrite.All" in environ["IDENTITY_EMULATOR_ROLES"]
     os.killpg(popen.pid, signal.SIGINT)
     assert popen.wait(timeout=30) == 0
+
+
+# A part that ignores SIGTERM and has a child that ignores it too: only SIGKILL ends them.
+IGNORE_TERM = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+CHILD = IGNORE_TERM + "time.sleep(60)\n"
+PARENT = (
+    IGNORE_TERM
+    + f"import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', {CHILD!r}])\n"
+    + "print('ready', flush=True)\ntime.sleep(60)\n"
+)
+
+
+def test_a_part_that_ignores_sigterm_is_killed_with_its_children_after_the_grace() -> None:
+    stack = Stack()
+    part = subprocess.Popen(
+        [sys.executable, "-c", PARENT],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # as Stack.start runs every part
+    )
+    stack.children.append(part)
+    family: dict[int, str] = {}
+    try:
+        assert part.stdout is not None and part.stdout.readline() == "ready\n"
+        family = wait_for(lambda: len(descendants(part.pid)) == 1 and descendants(part.pid))
+        family[part.pid] = _stat(part.pid)[2]  # type: ignore[index]
+
+        started = time.monotonic()
+        stack.stop(grace=0.5)
+
+        assert 0.5 <= time.monotonic() - started < 5
+        assert part.returncode == -signal.SIGKILL
+        assert wait_for(lambda: not still_running(family), timeout=5, interval=0.1)
+    finally:
+        for pid in still_running(family):
+            os.kill(pid, signal.SIGKILL)
+        if part.poll() is None:
+            part.kill()
