@@ -1,14 +1,14 @@
-"""`python -m devstack up | host | graph | identity | azurite [--port N]`: whole or in parts."""
+"""`python -m devstack up | host | graph | identity | logs | azurite [--port N]`: all or a part."""
 
 from __future__ import annotations
 
 import sys
 
-USAGE = "usage: python -m devstack {up|host|graph|identity|azurite} [--port N] [options]"
+USAGE = "usage: python -m devstack {up|host|graph|identity|logs|azurite} [--port N] [options]"
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in {"up", "host", "graph", "identity", "azurite"}:
+    if not argv or argv[0] not in {"up", "host", "graph", "identity", "logs", "azurite"}:
         print(USAGE, file=sys.stderr)
         return 2
     command, rest = argv[0], argv[1:]
@@ -20,6 +20,8 @@ def main(argv: list[str]) -> int:
         from devstack import graph as part
     elif command == "identity":
         from devstack import identity as part
+    elif command == "logs":
+        from devstack import logs as part
     else:
         from devstack import azurite as part
     return part.main(rest)

@@ -5,6 +5,10 @@ Bearer tokens from devstack.tokens are required and checked (audience, lifetime,
 enforced; errors have Graph's shape and correlation headers; Intune's per-app write throttle,
 ``$batch`` and fault injection (status, Retry-After, latency, dropped connections, the live
 service's "No method match route template" refusal) are driven by settings or admin endpoints.
+For the bridge's other Graph calls it also serves the ``deviceRunStates`` list (``$filter`` by
+managedDevice, ``$select``) with run-state ids that can be made opaque, and, under /beta and /v1.0,
+``managedDevices/{id}``, ``/devices?$filter=deviceId eq '...'`` and the app-only
+``PATCH /devices/{id}`` of extension attributes (devstack.devices).
 
 Run alone: ``python -m devstack.graph --port 7072``; the bridge's GRAPH_BASE_URL is ``<url>/beta``.
 """
@@ -12,16 +16,14 @@ Run alone: ``python -m devstack.graph --port 7072``; the bridge's GRAPH_BASE_URL
 from __future__ import annotations
 
 import argparse
-import email.utils
 import json
-import math
 import os
-import random
 import re
 import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -29,9 +31,26 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from devstack import tokens
+from devstack.devices import (
+    GUID_RE,
+    INSUFFICIENT,
+    DeviceRegistry,
+    RequestRefused,
+    select,
+    validate_device_patch,
+)
+from devstack.faults import (
+    RETRY_AFTER_FORMATS,
+    admit,
+    format_retry_after,
+    parse_limit,
+    take_fault,
+    validate_faults,
+)
 from devstack.serving import DevServer, JsonHandler, make_server, run_forever
 
 ENTITY_TYPE = "#microsoft.graph.deviceComplianceScriptDeviceState"
+STATE_TYPE = "deviceComplianceScriptDeviceState"
 RUN_STATES = ("unknown", "success", "fail", "scriptError", "pending", "notApplicable")
 DATETIME_PROPERTIES = ("lastStateUpdateDateTime", "expectedStateUpdateDateTime", "lastSyncDateTime")
 STRING_PROPERTIES = ("scriptOutput", "scriptError")
@@ -40,8 +59,8 @@ DATETIME_RE = re.compile(
     r"^[0-9]{4,}-(0[1-9]|1[012])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
     r"([.][0-9]{1,12})?(Z|[+-][0-9][0-9]:[0-9][0-9])$"
 )
-GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 FILTER_RE = re.compile(r"^\s*managedDevice/id\s+eq\s+'([^']*)'\s*$")
+DEVICE_FILTER_RE = re.compile(r"^\s*deviceId\s+eq\s+'([^']*)'\s*$")
 WRITE_ROLES = (
     "DeviceManagementConfiguration.ReadWrite.All",
     "DeviceManagementManagedDevices.ReadWrite.All",
@@ -51,9 +70,14 @@ READ_ROLES = (
     "DeviceManagementConfiguration.Read.All",
     "DeviceManagementManagedDevices.Read.All",
 )
+# Entra device objects: reading needs a Device or Directory read role, the PATCH a write one.
+DEVICE_WRITE_ROLES = ("Device.ReadWrite.All", "Directory.ReadWrite.All")
+DEVICE_READ_ROLES = (*DEVICE_WRITE_ROLES, "Device.Read.All", "Directory.Read.All")
 WRITE_METHODS = ("PATCH", "POST", "PUT", "DELETE")
-RETRY_AFTER_FORMATS = ("int", "fraction", "date")
+VERSIONS = ("beta", "v1.0")
+RUN_STATE_ID_MODES = ("template", "opaque")
 MAX_BATCH = 20
+TRUE = ("1", "true", "yes", "on")
 DIAGNOSTIC = json.dumps(
     {"ServerInfo": {"DataCenter": "Devstack", "Slice": "E", "Ring": "0", "ScaleUnit": "000"}}
 )
@@ -93,7 +117,7 @@ class Call:
     """One Graph request as the emulator processes it, with its correlation ids."""
 
     method: str
-    path: str  # as sent, under /beta, e.g. /deviceManagement/...
+    path: str  # as sent, under the version segment, e.g. /deviceManagement/...
     query: dict[str, str]
     body: Any
     claims: dict[str, Any]
@@ -101,6 +125,11 @@ class Call:
     client_request_id: str | None = None
     batch_item_id: str | None = None
     epoch: int = 0  # the emulator's reset generation when the request arrived
+    version: str = "beta"  # the version segment: beta or v1.0
+
+    @property
+    def full_path(self) -> str:
+        return f"/{self.version}{self.path}"
 
 
 def graph_error(status: int, code: str, message: str, call: Call) -> Outcome:
@@ -113,45 +142,23 @@ def graph_error(status: int, code: str, message: str, call: Call) -> Outcome:
     return Outcome(status, {"error": {"code": code, "message": message, "innerError": inner}})
 
 
-def parse_write_limit(value: str | None) -> tuple[int, float] | None:
-    """``"200/20"`` -> (200, 20.0); unset, empty or ``0`` -> no throttle."""
-    if not value or value.strip() == "0":
-        return None
-    count, _, seconds = value.partition("/")
-    limit, window = int(count), float(seconds or 1)
-    if limit <= 0:
-        return None
-    if window <= 0:
-        raise ValueError(f"write limit window must be positive: {value!r}")
-    return limit, window
-
-
-def validate_faults(rules: Any) -> list[dict[str, Any]]:
-    """Check a fault rule list; returns copies so runtime counters never alias the caller's."""
-    if not isinstance(rules, list) or not all(isinstance(rule, dict) for rule in rules):
-        raise ValueError("faults must be a JSON list of objects")
-    known = {"status", "code", "message", "retryAfter", "count", "probability", "delay", "drop"}
-    known |= {"match", "methods"}
-    for rule in rules:
-        unknown = set(rule) - known
-        if unknown:
-            raise ValueError(f"unknown fault rule keys: {sorted(unknown)}")
-        if not (rule.get("status") or rule.get("delay") or rule.get("drop")):
-            raise ValueError("a fault rule needs status, delay or drop")
-    return [dict(rule) for rule in rules]
-
-
-def format_retry_after(seconds: float, style: str) -> str:
-    """Render a Retry-After value as Graph may: integer, fractional seconds, or an HTTP-date."""
-    if style == "fraction":
-        return f"{max(seconds, 0.001):.3f}"
-    if style == "date":
-        return email.utils.formatdate(math.ceil(time.time() + seconds), usegmt=True)
-    return str(max(1, math.ceil(seconds)))
-
-
 def _segments(path: str) -> list[str]:
     return [unquote(part) for part in path.strip("/").split("/")] if path.strip("/") else []
+
+
+def _method_not_allowed(call: Call) -> Outcome:
+    message = f"The HTTP method '{call.method}' is not allowed on this resource."
+    return graph_error(405, "MethodNotAllowed", message, call)
+
+
+def _no_run_state(call: Call, run_state_id: str) -> Outcome:
+    message = f"Resource '{STATE_TYPE}' with id '{run_state_id}' was not found."
+    return graph_error(404, "ResourceNotFound", message, call)
+
+
+def _fresh_state(run_state_id: str) -> dict[str, Any]:
+    """A run state Intune holds before any write: detectionState unknown, no timestamps."""
+    return {"id": run_state_id, "detectionState": "unknown"} | dict.fromkeys(PROPERTIES[1:])
 
 
 class GraphEmulator:
@@ -164,6 +171,10 @@ class GraphEmulator:
         write_limit: tuple[int, float] | None,
         retry_after_format: str,
         faults: list[dict[str, Any]],
+        *,
+        run_state_ids: str = "template",
+        auto_devices: bool = False,
+        unknown_devices: list[str] | None = None,
     ) -> None:
         self.audience = audience
         self.lock = threading.Lock()
@@ -171,7 +182,12 @@ class GraphEmulator:
         self.write_limit = write_limit
         self.retry_after_format = retry_after_format
         self.faults = faults
+        self.run_state_ids = run_state_ids
+        self.devices = DeviceRegistry(auto_devices, unknown_devices or [])
         self.states: dict[tuple[str, str], dict[str, Any]] = {}
+        # Opaque run-state ids: one per (script, managedDevice) pair, in both directions.
+        self.pair_ids: dict[tuple[str, str], str] = {}
+        self.pair_devices: dict[tuple[str, str], str] = {}
         self.log: list[dict[str, Any]] = []
         self.windows: dict[str, deque[float]] = {}
         # A reset starts a new epoch: requests still in flight from before it (a slow fault)
@@ -182,17 +198,24 @@ class GraphEmulator:
             write_limit,
             retry_after_format,
             [dict(f) for f in faults],
+            run_state_ids,
+            auto_devices,
+            set(self.devices.unknown),
         )
 
     # ---- admin -------------------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Back to the start-up settings and faults, with no states, log or throttle window."""
+        """Back to the start-up settings and faults, with no states, devices, log or window."""
         with self.lock:
-            scripts, self.write_limit, self.retry_after_format, faults = self.initial
+            scripts, self.write_limit, self.retry_after_format, faults = self.initial[:4]
+            self.run_state_ids, auto, unknown = self.initial[4:]
             self.scripts = set(scripts)
             self.faults = [dict(f) for f in faults]
+            self.devices = DeviceRegistry(auto, sorted(unknown))
             self.states.clear()
+            self.pair_ids.clear()
+            self.pair_devices.clear()
             self.log.clear()
             self.windows.clear()
             self.epoch += 1
@@ -206,12 +229,29 @@ class GraphEmulator:
                     raise ValueError("scripts must be a list of GUIDs")
                 self.scripts = {s.lower() for s in scripts}
             if "writeLimit" in body:
-                self.write_limit = parse_write_limit(body["writeLimit"])
+                self.write_limit = parse_limit(body["writeLimit"])
                 self.windows.clear()
             if "retryAfterFormat" in body:
                 if body["retryAfterFormat"] not in RETRY_AFTER_FORMATS:
                     raise ValueError(f"retryAfterFormat must be one of {RETRY_AFTER_FORMATS}")
                 self.retry_after_format = body["retryAfterFormat"]
+            if "runStateIds" in body:
+                if body["runStateIds"] not in RUN_STATE_ID_MODES:
+                    raise ValueError(f"runStateIds must be one of {RUN_STATE_ID_MODES}")
+                self.run_state_ids = body["runStateIds"]
+            if "autoRegisterDevices" in body:
+                if not isinstance(body["autoRegisterDevices"], bool):
+                    raise ValueError("autoRegisterDevices must be true or false")
+                self.devices.auto_register = body["autoRegisterDevices"]
+            if "unknownDevices" in body:
+                unknown = body["unknownDevices"] or []
+                if not isinstance(unknown, list) or not all(
+                    isinstance(u, str) and GUID_RE.match(u) for u in unknown
+                ):
+                    raise ValueError("unknownDevices must be a list of GUIDs")
+                self.devices.unknown = {u.lower() for u in unknown}
+                for device_id in self.devices.unknown:
+                    self.devices.devices.pop(device_id, None)
             return self.settings()
 
     def settings(self) -> dict[str, Any]:
@@ -221,6 +261,9 @@ class GraphEmulator:
             "scripts": sorted(self.scripts),
             "writeLimit": f"{limit[0]}/{limit[1]:g}" if limit else None,
             "retryAfterFormat": self.retry_after_format,
+            "runStateIds": self.run_state_ids,
+            "autoRegisterDevices": self.devices.auto_register,
+            "unknownDevices": sorted(self.devices.unknown),
         }
 
     def set_faults(self, rules: Any) -> None:
@@ -231,9 +274,30 @@ class GraphEmulator:
     def state_rows(self) -> list[dict[str, Any]]:
         with self.lock:
             return [
-                {"scriptId": sid, "runStateId": rid, **entity}
+                {
+                    "scriptId": sid,
+                    "runStateId": rid,
+                    "managedDeviceId": self._device_of(sid, rid),
+                    **entity,
+                }
                 for (sid, rid), entity in self.states.items()
             ]
+
+    def run_state_pairs(self) -> list[dict[str, str]]:
+        with self.lock:
+            return [
+                {"scriptId": sid, "managedDeviceId": device, "runStateId": rid}
+                for (sid, device), rid in self.pair_ids.items()
+            ]
+
+    def register_devices(self, body: Any) -> list[dict[str, Any]]:
+        specs = body if isinstance(body, list) else [body]
+        with self.lock:
+            return [self.devices.register(spec).admin_view() for spec in specs]
+
+    def device_rows(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [device.admin_view() for device in self.devices.devices.values()]
 
     def record(self, call: Call, outcome: Outcome) -> None:
         """Append to the request log; refused, faulted and batch-item requests included."""
@@ -245,7 +309,8 @@ class GraphEmulator:
                     "seq": len(self.log) + 1,
                     "time": _iso_now(),
                     "method": call.method,
-                    "path": "/beta" + call.path,
+                    "path": call.full_path,
+                    "query": dict(call.query),
                     "status": outcome.status,
                     "client_request_id": call.client_request_id,
                     "request_id": call.request_id,
@@ -263,24 +328,10 @@ class GraphEmulator:
     ) -> dict[str, Any] | None:
         """The first rule that matches and has applications left, decremented; None if none."""
         with self.lock:
-            for rule in self.faults:
-                match = rule.get("match")
-                # A whole $batch is faulted only by rules that name it; otherwise its items are.
-                if outer_batch and not match:
-                    continue
-                if match and match not in path and match not in unquote(path):
-                    continue
-                if method not in [m.upper() for m in rule.get("methods") or WRITE_METHODS]:
-                    continue
-                count = rule.get("count")
-                if count is not None and count <= 0:
-                    continue
-                if random.random() >= float(rule.get("probability", 1)):
-                    continue
-                if count is not None:
-                    rule["count"] = count - 1
-                return dict(rule)
-        return None
+            # A whole $batch is faulted only by rules that name it; otherwise its items are.
+            return take_fault(
+                self.faults, method, path, default_methods=WRITE_METHODS, require_match=outer_batch
+            )
 
     def fault_outcome(self, rule: dict[str, Any], call: Call) -> Outcome | None:
         """Apply a fault rule: sleep, drop, or answer; None means carry on normally."""
@@ -313,15 +364,10 @@ class GraphEmulator:
         with self.lock:
             if not self.write_limit:
                 return None
-            limit, window = self.write_limit
-            now = time.monotonic()
             times = self.windows.setdefault(str(call.claims.get("appid")), deque())
-            while times and times[0] <= now - window:
-                times.popleft()
-            if len(times) < limit:
-                times.append(now)
+            wait = admit(times, self.write_limit, time.monotonic())
+            if not wait:
                 return None
-            wait = times[0] + window - now
             style = self.retry_after_format
         outcome = graph_error(429, "TooManyRequests", "Too many requests.", call)
         outcome.headers["Retry-After"] = format_retry_after(wait, style)
@@ -334,9 +380,11 @@ class GraphEmulator:
         return outcome
 
     def _process(self, call: Call) -> Outcome:
+        handler, needed, directory = self.resolve(call)
         roles = call.claims.get("roles") or []
-        needed = WRITE_ROLES if call.method in WRITE_METHODS else READ_ROLES
         if not any(role in roles for role in needed):
+            if directory:
+                return graph_error(403, "Authorization_RequestDenied", INSUFFICIENT, call)
             return graph_error(
                 403,
                 "Forbidden",
@@ -344,7 +392,7 @@ class GraphEmulator:
                 f"one of the following scopes: {', '.join(needed)}",
                 call,
             )
-        rule = self.take_fault(call.method, "/beta" + call.path)
+        rule = self.take_fault(call.method, call.full_path)
         if rule is not None:
             faulted = self.fault_outcome(rule, call)
             if faulted is not None:
@@ -352,9 +400,31 @@ class GraphEmulator:
         throttled = self.throttle(call)
         if throttled is not None:
             return throttled
-        return self.route(call)
+        return handler(call)
 
     # ---- routes ------------------------------------------------------------------------------
+
+    def resolve(self, call: Call) -> tuple[Callable[[Call], Outcome], tuple[str, ...], bool]:
+        """The handler for a request, the app roles it needs, and whether Entra ID answers it."""
+        segments = _segments(call.path)
+        write = call.method in WRITE_METHODS
+        if segments[:1] == ["devices"] and len(segments) <= 2:
+            return self.route_devices, DEVICE_WRITE_ROLES if write else DEVICE_READ_ROLES, True
+        intune_roles = WRITE_ROLES if write else READ_ROLES
+        if segments[:2] == ["deviceManagement", "managedDevices"] and len(segments) == 3:
+            return self.route_managed_device, intune_roles, False
+        if call.version != "beta" and segments[1:2] == ["deviceComplianceScripts"]:
+            # deviceComplianceScripts exist in beta only.
+            return self._no_segment("deviceComplianceScripts"), intune_roles, False
+        return self.route, intune_roles, False
+
+    @staticmethod
+    def _no_segment(segment: str) -> Callable[[Call], Outcome]:
+        def answer(call: Call) -> Outcome:
+            message = f"Resource not found for the segment '{segment}'."
+            return graph_error(400, "BadRequest", message, call)
+
+        return answer
 
     def route(self, call: Call) -> Outcome:
         segments = _segments(call.path)
@@ -365,21 +435,12 @@ class GraphEmulator:
                 s for s, want in zip(segments, expected, strict=False) if want and s != want
             )
             bad = next(mismatched, segments[-1] if segments else "")
-            return graph_error(
-                400, "BadRequest", f"Resource not found for the segment '{bad}'.", call
-            )
+            return self._no_segment(bad)(call)
         if len(segments) >= 4 and segments[3] != "deviceRunStates":
-            return graph_error(
-                400, "BadRequest", f"Resource not found for the segment '{segments[3]}'.", call
-            )
+            return self._no_segment(segments[3])(call)
         allowed = {3: ("GET",), 4: ("GET",), 5: ("GET", "PATCH")}[len(segments)]
         if call.method not in allowed:
-            return graph_error(
-                405,
-                "MethodNotAllowed",
-                f"The HTTP method '{call.method}' is not allowed on this resource.",
-                call,
-            )
+            return _method_not_allowed(call)
         script_id = segments[2]
         if not GUID_RE.match(script_id):
             return graph_error(
@@ -411,15 +472,9 @@ class GraphEmulator:
             )
         if call.method == "GET":
             with self.lock:
-                entity = self.states.get((script_id, run_state_id))
+                entity = self._run_state(script_id, run_state_id)
             if entity is None:
-                return graph_error(
-                    404,
-                    "ResourceNotFound",
-                    f"Resource 'deviceComplianceScriptDeviceState' with id '{run_state_id}' "
-                    "was not found.",
-                    call,
-                )
+                return _no_run_state(call, run_state_id)
             return Outcome(200, self._entity_body(script_id, entity))
         return self.patch_run_state(call, script_id, run_state_id)
 
@@ -430,6 +485,33 @@ class GraphEmulator:
             f"deviceComplianceScripts('{script_id}')/deviceRunStates/$entity"
         )
         return {"@odata.context": context, **entity}
+
+    def _device_of(self, script_id: str, run_state_id: str) -> str | None:
+        """The managedDevice a run state belongs to (caller holds the lock)."""
+        device = self.pair_devices.get((script_id, run_state_id))
+        if device is None:
+            prefix, _, rest = run_state_id.partition(":")
+            if prefix.lower() == script_id and GUID_RE.match(rest):
+                device = rest.lower()
+        return device
+
+    def _run_state(self, script_id: str, run_state_id: str) -> dict[str, Any] | None:
+        """A stored state, or a fresh one for an opaque pair never written (caller holds lock)."""
+        entity = self.states.get((script_id, run_state_id))
+        if entity is None and (script_id, run_state_id) in self.pair_devices:
+            entity = _fresh_state(run_state_id)
+        return None if entity is None else dict(entity)
+
+    def _pair_id(self, script_id: str, device_id: str) -> str | None:
+        """The opaque run-state id of a pair Intune knows, made on first sight (lock held)."""
+        if self.devices.managed(device_id) is None:
+            return None
+        key = (script_id, device_id)
+        if key not in self.pair_ids:
+            run_state_id = str(uuid.uuid4())
+            self.pair_ids[key] = run_state_id
+            self.pair_devices[(script_id, run_state_id)] = device_id
+        return self.pair_ids[key]
 
     def list_run_states(self, call: Call, script_id: str) -> Outcome:
         flt = call.query.get("$filter")
@@ -442,14 +524,31 @@ class GraphEmulator:
                 )
             device = found.group(1).lower()
         with self.lock:
+            if self.run_state_ids == "opaque":
+                if device is not None and GUID_RE.match(device):
+                    self._pair_id(script_id, device)
+                # A device Intune no longer knows has no run states to list.
+                known = self.devices.devices
+                ids = [
+                    rid
+                    for (sid, dev), rid in self.pair_ids.items()
+                    if sid == script_id and dev in known
+                ]
+            else:
+                ids = [rid for (sid, rid) in self.states if sid == script_id]
             rows = [
-                dict(entity)
-                for (sid, rid), entity in self.states.items()
-                if sid == script_id and (device is None or device in rid.lower())
+                self._run_state(script_id, rid)
+                for rid in ids
+                if device is None or self._device_of(script_id, rid) == device
             ]
+        try:
+            rows = [select(row, call.query.get("$select"), STATE_TYPE) for row in rows if row]
+        except RequestRefused as exc:
+            return graph_error(exc.status, exc.code, exc.message, call)
+        selected = f"({call.query['$select']})" if call.query.get("$select") else ""
         context = (
             "https://graph.microsoft.com/beta/$metadata#deviceManagement/"
-            f"deviceComplianceScripts('{script_id}')/deviceRunStates"
+            f"deviceComplianceScripts('{script_id}')/deviceRunStates{selected}"
         )
         return Outcome(200, {"@odata.context": context, "value": rows})
 
@@ -461,14 +560,110 @@ class GraphEmulator:
         with self.lock:
             if call.epoch != self.epoch:
                 return Outcome(200, {}, applied=False)
-            entity = self.states.setdefault(
-                (script_id, run_state_id),
-                {"id": run_state_id, "detectionState": "unknown"}
-                | {name: None for name in PROPERTIES[1:]},
-            )
+            opaque = self.run_state_ids == "opaque"
+            if opaque and (script_id, run_state_id) not in self.pair_devices:
+                # With opaque ids only a run state Intune listed exists; a made-up key is unknown.
+                return _no_run_state(call, run_state_id)
+            entity = self.states.setdefault((script_id, run_state_id), _fresh_state(run_state_id))
             entity.update(changes)
             snapshot = dict(entity)
         return Outcome(200, self._entity_body(script_id, snapshot), applied=True)
+
+    def route_managed_device(self, call: Call) -> Outcome:
+        """``GET managedDevices/{id}``: the Intune device, whose azureADDeviceId names Entra's."""
+        if call.method != "GET":
+            return _method_not_allowed(call)
+        managed_id = _segments(call.path)[2]
+        if not GUID_RE.match(managed_id):
+            message = f"Invalid key '{managed_id}': a managedDevice id is a GUID."
+            return graph_error(400, "BadRequest", message, call)
+        with self.lock:
+            device = self.devices.managed(managed_id)
+            entity = None if device is None else device.managed_device()
+        if entity is None:
+            message = f"Resource 'managedDevice' with id '{managed_id.lower()}' was not found."
+            return graph_error(404, "ResourceNotFound", message, call)
+        raw = call.query.get("$select")
+        try:
+            body = select(entity, raw, "managedDevice")
+        except RequestRefused as exc:
+            return graph_error(exc.status, exc.code, exc.message, call)
+        selected = f"({raw})" if raw else ""
+        context = (
+            f"https://graph.microsoft.com/{call.version}/$metadata#deviceManagement/"
+            f"managedDevices{selected}/$entity"
+        )
+        odata = {"@odata.context": context, "@odata.type": "#microsoft.graph.managedDevice"}
+        return Outcome(200, {**odata, **body})
+
+    def route_devices(self, call: Call) -> Outcome:
+        """Entra device objects: the ``deviceId`` filter, one object, and its app-only PATCH."""
+        segments = _segments(call.path)
+        if len(segments) == 1:
+            if call.method != "GET":
+                return _method_not_allowed(call)
+            return self.list_devices(call)
+        if call.method not in ("GET", "PATCH"):
+            return _method_not_allowed(call)
+        object_id = segments[1]
+        if not GUID_RE.match(object_id):
+            message = f"Invalid object identifier '{object_id}'."
+            return graph_error(400, "Request_BadRequest", message, call)
+        attributes: dict[str, str | None] = {}
+        if call.method == "PATCH":
+            try:
+                attributes = validate_device_patch(call.body)
+            except RequestRefused as exc:
+                return graph_error(exc.status, exc.code, exc.message, call)
+        with self.lock:
+            device = self.devices.by_object_id(object_id)
+            if device is None:
+                entity = None
+            elif call.method == "GET":
+                entity = device.directory_object()
+            elif call.epoch != self.epoch:
+                return Outcome(204, None, applied=False)
+            else:
+                device.extension_attributes.update(attributes)
+                entity = {}
+        if entity is None:
+            message = (
+                f"Resource '{object_id}' does not exist or one of its queried reference-property "
+                "objects are not present."
+            )
+            return graph_error(404, "Request_ResourceNotFound", message, call)
+        if call.method == "PATCH":
+            return Outcome(204, None, applied=True)
+        try:
+            body = select(entity, call.query.get("$select"), "device")
+        except RequestRefused as exc:
+            return graph_error(exc.status, exc.code, exc.message, call)
+        context = f"https://graph.microsoft.com/{call.version}/$metadata#devices/$entity"
+        return Outcome(200, {"@odata.context": context, **body})
+
+    def list_devices(self, call: Call) -> Outcome:
+        flt = call.query.get("$filter")
+        wanted = None
+        if flt is not None:
+            found = DEVICE_FILTER_RE.match(flt)
+            if not found or not GUID_RE.match(found.group(1)):
+                message = f"Unsupported or invalid query filter clause specified: {flt!r}."
+                return graph_error(400, "Request_UnsupportedQuery", message, call)
+            wanted = found.group(1)
+        with self.lock:
+            if wanted is None:
+                matches = [d for d in self.devices.devices.values() if d.object_id]
+            else:
+                matches = self.devices.by_azure_ad_device_id(wanted)
+            rows = [device.directory_object() for device in matches]
+        raw = call.query.get("$select")
+        try:
+            rows = [select(row, raw, "device") for row in rows]
+        except RequestRefused as exc:
+            return graph_error(exc.status, exc.code, exc.message, call)
+        selected = f"({raw})" if raw else ""
+        context = f"https://graph.microsoft.com/{call.version}/$metadata#devices{selected}"
+        return Outcome(200, {"@odata.context": context, "value": rows})
 
     # ---- batch -------------------------------------------------------------------------------
 
@@ -508,6 +703,7 @@ class GraphEmulator:
                 client_request_id=headers.get("client-request-id"),
                 batch_item_id=item_id,
                 epoch=outer.epoch,
+                version=outer.version,
             )
             depends = [str(d) for d in item.get("dependsOn") or []]
             if any(not 200 <= statuses.get(d, 0) < 300 for d in depends):
@@ -585,7 +781,7 @@ def validate_patch_body(body: Any) -> str | None:
 
 
 class GraphHandler(JsonHandler):
-    """HTTP front: authenticates /beta calls, serves the admin endpoints."""
+    """HTTP front: authenticates /beta and /v1.0 calls, serves the admin endpoints."""
 
     @property
     def emulator(self) -> GraphEmulator:
@@ -608,15 +804,16 @@ class GraphHandler(JsonHandler):
 
     def _dispatch(self) -> None:
         path = self.path_only
-        if path == "/beta" or path.startswith("/beta/"):
-            self._graph(path[len("/beta") :])
+        version = path.strip("/").split("/")[0]
+        if version in VERSIONS:
+            self._graph(version, path[len(version) + 1 :])
         elif path.startswith("/_emulator/"):
             self._admin(path[len("/_emulator/") :])
         else:
             self.read_body()
             self.send_json(404, {"error": {"code": "NotFound", "message": f"No route {path}"}})
 
-    def _graph(self, path: str) -> None:
+    def _graph(self, version: str, path: str) -> None:
         raw = self.read_body()
         call = Call(
             method=self.command,
@@ -626,6 +823,7 @@ class GraphHandler(JsonHandler):
             claims={},
             client_request_id=self.headers.get("client-request-id"),
             epoch=self.emulator.epoch,
+            version=version,
         )
         outcome = self._authenticate(call)
         if outcome is None and raw.strip():
@@ -637,7 +835,7 @@ class GraphHandler(JsonHandler):
         if outcome is not None:
             self.emulator.record(call, outcome)
         elif _segments(call.path) == ["$batch"] and call.method == "POST":
-            rule = self.emulator.take_fault("POST", "/beta/$batch", outer_batch=True)
+            rule = self.emulator.take_fault("POST", call.full_path, outer_batch=True)
             outcome = self.emulator.fault_outcome(rule, call) if rule else None
             if outcome is None:
                 outcome = self.emulator.batch(call)
@@ -710,6 +908,20 @@ class GraphHandler(JsonHandler):
             elif route == ("POST", "faults"):
                 emu.set_faults(body)
                 self.send_json(200, {"faults": body})
+            elif route == ("GET", "runstates"):
+                self.send_json(200, {"runStates": emu.run_state_pairs()})
+            elif route == ("GET", "devices"):
+                self.send_json(200, {"devices": emu.device_rows()})
+            elif route == ("POST", "devices"):
+                self.send_json(200, {"devices": emu.register_devices(body)})
+            elif self.command == "GET" and path.startswith("devices/"):
+                with emu.lock:
+                    device = emu.devices.find(unquote(path[len("devices/") :].strip("/")))
+                    row = None if device is None else device.admin_view()
+                if row is None:
+                    self.send_json(404, {"error": "no such device"})
+                else:
+                    self.send_json(200, row)
             else:
                 self.send_json(404, {"error": f"no admin route {self.command} /_emulator/{path}"})
         except (TypeError, ValueError) as exc:
@@ -738,6 +950,9 @@ def build_server(
     write_limit: str | None = None,
     retry_after_format: str | None = None,
     faults: list[dict[str, Any]] | None = None,
+    run_state_ids: str | None = None,
+    auto_devices: bool | None = None,
+    unknown_devices: list[str] | None = None,
 ) -> DevServer:
     """Build (not start) the emulator; arguments override the GRAPH_EMULATOR_* settings."""
     env = os.environ
@@ -751,14 +966,25 @@ def build_server(
         raise ValueError(f"GRAPH_EMULATOR_RETRY_AFTER_FORMAT must be one of {RETRY_AFTER_FORMATS}")
     if faults is None:
         faults = json.loads(env.get("GRAPH_EMULATOR_FAULTS") or "[]")
+    ids = run_state_ids or env.get("GRAPH_EMULATOR_RUN_STATE_IDS") or "template"
+    if ids not in RUN_STATE_ID_MODES:
+        raise ValueError(f"GRAPH_EMULATOR_RUN_STATE_IDS must be one of {RUN_STATE_ID_MODES}")
+    if auto_devices is None:
+        auto_devices = env.get("GRAPH_EMULATOR_AUTO_DEVICES", "0").strip().lower() in TRUE
+    if unknown_devices is None:
+        raw_unknown = env.get("GRAPH_EMULATOR_UNKNOWN_DEVICES", "")
+        unknown_devices = [u.strip() for u in raw_unknown.split(",") if u.strip()]
     emulator = GraphEmulator(
         audience=audience or env.get("GRAPH_EMULATOR_AUDIENCE") or "https://graph.microsoft.com",
         scripts=scripts,
-        write_limit=parse_write_limit(
+        write_limit=parse_limit(
             write_limit if write_limit is not None else env.get("GRAPH_EMULATOR_WRITE_LIMIT")
         ),
         retry_after_format=style,
         faults=validate_faults(faults),
+        run_state_ids=ids,
+        auto_devices=auto_devices,
+        unknown_devices=unknown_devices,
     )
     return make_server(GraphHandler, port, emulator)
 

@@ -2,7 +2,8 @@
 
 With ``IDENTITY_ENDPOINT=<url>/msi/token`` and ``IDENTITY_HEADER`` set, azure-identity's real
 ``ManagedIdentityCredential`` (through MSAL) asks this server for tokens, so the bridge's credential
-code runs unchanged locally. Tokens come from devstack.tokens and are checked by the Graph emulator.
+code runs unchanged locally. Tokens come from devstack.tokens and are checked by the Graph and Logs
+Ingestion emulators.
 
 Run alone: ``python -m devstack.identity --port 7073``.
 """

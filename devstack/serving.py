@@ -113,15 +113,18 @@ def start_in_thread(server: ThreadingHTTPServer) -> tuple[str, Callable[[], None
     return server_url(server), stop
 
 
-def run_forever(server: ThreadingHTTPServer, name: str) -> int:
-    """Serve in the foreground until SIGTERM or SIGINT, announcing readiness on one stdout line."""
+def run_forever(server: ThreadingHTTPServer, name: str, extra: dict[str, Any] | None = None) -> int:
+    """Serve in the foreground until SIGTERM or SIGINT, announcing readiness on one stdout line.
+
+    ``extra`` adds what a launcher needs besides the URL (the Logs emulator's rule id, say).
+    """
 
     def on_sigterm(signum: int, frame: object) -> None:
         # shutdown() waits for serve_forever to return, so it must not run on the serving thread.
         threading.Thread(target=server.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    print(json.dumps({"ready": name, "url": server_url(server)}), flush=True)
+    print(json.dumps({"ready": name, "url": server_url(server), **(extra or {})}), flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -1,7 +1,8 @@
 """JWT-shaped HS256 access tokens for the local stack.
 
-The identity emulator issues them and the Graph emulator verifies them, so the bridge's real token
-handling (caching, refresh, expiry, audience per cloud) is exercised without Entra ID.
+The identity emulator issues them and the Graph and Logs Ingestion emulators verify them, so the
+bridge's real token handling (caching, refresh, expiry, audience per cloud) is exercised without
+Entra ID.
 """
 
 from __future__ import annotations

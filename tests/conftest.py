@@ -7,9 +7,17 @@ from collections.abc import Iterator
 
 import pytest
 
-from devstack import azurite, graph, identity
+from devstack import azurite, graph, identity, logs
 from devstack.serving import start_in_thread
-from tests.stack import Emulator, HostFactory, Process, StorageView, host_env, start_process
+from tests.stack import (
+    Emulator,
+    HostFactory,
+    LogsEmulator,
+    Process,
+    StorageView,
+    host_env,
+    start_process,
+)
 
 IDENTITY_HEADER = secrets.token_urlsafe(16)
 
@@ -25,6 +33,14 @@ def graph_emulator() -> Iterator[Emulator]:
 def identity_emulator() -> Iterator[Emulator]:
     url, stop = start_in_thread(identity.build_server(0, header=IDENTITY_HEADER))
     yield Emulator(url)
+    stop()
+
+
+@pytest.fixture(scope="session")
+def logs_emulator() -> Iterator[LogsEmulator]:
+    """The Logs Ingestion emulator with its default rule and stream; reset it in each test."""
+    url, stop = start_in_thread(logs.build_server(0, faults=[], request_limit="0"))
+    yield LogsEmulator(url)
     stop()
 
 

@@ -115,6 +115,34 @@ class Emulator:
         return response.json()["states"]
 
 
+class LogsEmulator(Emulator):
+    """Admin client for the Logs Ingestion emulator: its rows, requests, faults and settings."""
+
+    def rows(self, stream: str | None = None) -> list[dict[str, Any]]:
+        params = {"stream": stream} if stream else None
+        response = requests.get(f"{self.url}/_emulator/rows", params=params, timeout=5)
+        response.raise_for_status()
+        return response.json()["rows"]
+
+    def faults(self, rules: list[dict[str, Any]]) -> None:
+        self.post("faults", rules)
+
+    def config(self, **settings: Any) -> dict[str, Any]:
+        response = requests.post(f"{self.url}/_emulator/config", json=settings, timeout=5)
+        response.raise_for_status()
+        return response.json()
+
+    def settings(self) -> dict[str, str]:
+        """The bridge's BRIDGE_LOGS_* settings that point it at this emulator."""
+        config = requests.get(f"{self.url}/_emulator/config", timeout=5).json()
+        [stream, *_] = sorted(config["streams"])
+        return {
+            "BRIDGE_LOGS_ENDPOINT": self.url,
+            "BRIDGE_LOGS_RULE_ID": config["ruleId"],
+            "BRIDGE_LOGS_STREAM": stream,
+        }
+
+
 def host_env(graph_url: str, identity_url: str, header: str, **settings: str) -> dict[str, str]:
     """The same settings Azure would give the app, pointed at the local emulators."""
     return {

@@ -451,6 +451,317 @@ def test_batch_requires_a_valid_token_once(g: Graph) -> None:
     assert g.admin("GET", "states")["states"] == []
 
 
+# ---- deviceRunStates lookup and opaque run-state ids -----------------------------------------
+
+SCRIPT_PATH = f"/beta/deviceManagement/deviceComplianceScripts/{SCRIPT}"
+BY_DEVICE = {"$filter": f"managedDevice/id eq '{DEVICE}'", "$select": "id"}
+
+
+def test_run_state_list_filters_by_device_and_selects_id(g: Graph) -> None:
+    g.patch()
+    response = g.get(f"{SCRIPT_PATH}/deviceRunStates", params=BY_DEVICE)
+    assert response.json()["value"] == [{"id": RUN_STATE}]
+    assert response.json()["@odata.context"].endswith("/deviceRunStates(id)")
+    bad = {**BY_DEVICE, "$select": "id,exitCode"}
+    error = error_of(g.get(f"{SCRIPT_PATH}/deviceRunStates", params=bad), 400)
+    assert "exitCode" in error["message"]
+
+
+def test_opaque_run_state_ids_are_found_by_lookup_and_the_template_id_is_unknown(
+    make_graph: Any,
+) -> None:
+    g = make_graph(run_state_ids="opaque", auto_devices=True)
+
+    assert error_of(g.patch(), 404)["code"] == "ResourceNotFound"
+    [found] = g.get(f"{SCRIPT_PATH}/deviceRunStates", params=BY_DEVICE).json()["value"]
+    run_state = found["id"]
+    assert uuid.UUID(run_state) and run_state != RUN_STATE
+    [again] = g.get(f"{SCRIPT_PATH}/deviceRunStates", params=BY_DEVICE).json()["value"]
+    assert again == found  # one id per (script, device), stable
+
+    path = STATE_PATH.replace(RUN_STATE, run_state)
+    assert g.get(path).json()["detectionState"] == "unknown"  # listed before any write
+    entity = g.patch(path=path).json()
+
+    assert entity["id"] == run_state
+    [state] = g.admin("GET", "states")["states"]
+    assert (state["runStateId"], state["managedDeviceId"]) == (run_state, DEVICE)
+    assert state["detectionState"] == "success"
+    assert g.admin("GET", "runstates")["runStates"] == [
+        {"scriptId": SCRIPT, "managedDeviceId": DEVICE, "runStateId": run_state}
+    ]
+    other_script = SCRIPT_PATH.replace(SCRIPT, str(uuid.uuid4()))
+    [other] = g.get(f"{other_script}/deviceRunStates", params=BY_DEVICE).json()["value"]
+    assert other["id"] != run_state
+
+
+def test_opaque_lookup_finds_only_devices_intune_knows(make_graph: Any) -> None:
+    g = make_graph(run_state_ids="opaque")
+    assert g.get(f"{SCRIPT_PATH}/deviceRunStates", params=BY_DEVICE).json()["value"] == []
+    g.admin("POST", "devices", {"managedDeviceId": DEVICE})
+    assert len(g.get(f"{SCRIPT_PATH}/deviceRunStates", params=BY_DEVICE).json()["value"]) == 1
+
+    g.admin("POST", "config", {"autoRegisterDevices": True, "unknownDevices": [DEVICE]})
+    assert g.get(f"{SCRIPT_PATH}/deviceRunStates", params=BY_DEVICE).json()["value"] == []
+
+
+def test_run_state_id_mode_can_be_switched_at_runtime(g: Graph) -> None:
+    assert g.admin("POST", "config", {"runStateIds": "opaque"})["runStateIds"] == "opaque"
+    assert g.patch().status_code == 404
+    g.admin("POST", "config", {"runStateIds": "template"})
+    assert g.patch().status_code == 200
+    response = requests.post(f"{g.url}/_emulator/config", json={"runStateIds": "x"}, timeout=5)
+    assert response.status_code == 400
+
+
+# ---- managedDevices and Entra device objects (the entra destination) -----------------------
+
+AAD_DEVICE = "5a0b1c2d-3e4f-4a5b-8c6d-7e8f9a0b1c2d"
+OBJECT_ID = "c0ffee00-1111-4222-8333-444455556666"
+DEVICE_WRITE = "Device.ReadWrite.All"
+READER = auth(token(["Device.Read.All"]))
+
+
+def register(g: Graph, **extra: Any) -> dict[str, Any]:
+    spec = {"managedDeviceId": DEVICE, "azureADDeviceId": AAD_DEVICE, "objectId": OBJECT_ID}
+    [device] = g.admin("POST", "devices", {**spec, **extra})["devices"]
+    return device
+
+
+def entra(value: str | None = "fail", name: str = "extensionAttribute3") -> dict[str, Any]:
+    return {"extensionAttributes": {name: value}}
+
+
+def patch_device(g: Graph, body: Any, roles: list[str] | None = None, **kw: Any) -> Any:
+    path = kw.pop("path", f"/v1.0/devices/{OBJECT_ID}")
+    return g.patch(body, path=path, headers=auth(token([DEVICE_WRITE] if roles is None else roles)))
+
+
+@pytest.mark.parametrize("version", ["beta", "v1.0"])
+def test_managed_device_select_returns_the_entra_device_id(g: Graph, version: str) -> None:
+    register(g)
+    path = f"/{version}/deviceManagement/managedDevices/{DEVICE}"
+    body = g.get(path, params={"$select": "azureADDeviceId"}).json()
+    assert {k: v for k, v in body.items() if not k.startswith("@")} == {
+        "azureADDeviceId": AAD_DEVICE
+    }
+    assert body["@odata.context"].endswith("managedDevices(azureADDeviceId)/$entity")
+    assert error_of(g.get(path, params={"$select": "nope"}), 400)["code"] == "BadRequest"
+
+
+def test_unknown_managed_device_is_404_and_a_malformed_id_400(g: Graph) -> None:
+    path = f"/beta/deviceManagement/managedDevices/{DEVICE}"
+    assert error_of(g.get(path), 404)["code"] == "ResourceNotFound"
+    bad = error_of(g.get("/beta/deviceManagement/managedDevices/not-a-guid"), 400)
+    assert bad["code"] == "BadRequest"
+
+
+def test_auto_registration_makes_any_device_known_except_the_declared_unknown(
+    make_graph: Any,
+) -> None:
+    unknown = str(uuid.uuid4())
+    g = make_graph(auto_devices=True, unknown_devices=[unknown])
+    path = "/beta/deviceManagement/managedDevices/{}"
+    aad = g.get(path.format(DEVICE), params={"$select": "azureADDeviceId"}).json()
+    [device] = g.admin("GET", "devices")["devices"]
+    assert device["managedDeviceId"] == DEVICE
+    assert aad["azureADDeviceId"] == device["azureADDeviceId"] != DEVICE
+    assert device["objectId"] and device["extensionAttributes"]["extensionAttribute1"] is None
+    assert g.get(path.format(unknown)).status_code == 404
+    assert len(g.admin("GET", "devices")["devices"]) == 1
+
+
+def test_devices_filter_by_device_id_returns_the_object_id(g: Graph) -> None:
+    register(g)
+    params = {"$filter": f"deviceId eq '{AAD_DEVICE}'", "$select": "id"}
+    body = g.get("/v1.0/devices", params=params, headers=READER).json()
+    assert body["value"] == [{"id": OBJECT_ID}]
+    assert body["@odata.context"] == "https://graph.microsoft.com/v1.0/$metadata#devices(id)"
+    other = {**params, "$filter": f"deviceId eq '{uuid.uuid4()}'"}
+    assert g.get("/v1.0/devices", params=other, headers=READER).json()["value"] == []
+    unsupported = {"$filter": "displayName eq 'x'"}
+    error = error_of(g.get("/v1.0/devices", params=unsupported, headers=READER), 400)
+    assert error["code"] == "Request_UnsupportedQuery"
+
+
+def test_a_managed_device_without_an_entra_object_has_no_device_to_find(g: Graph) -> None:
+    register(g, objectId=None)
+    params = {"$filter": f"deviceId eq '{AAD_DEVICE}'", "$select": "id"}
+    assert g.get("/v1.0/devices", params=params, headers=READER).json()["value"] == []
+    unregistered = g.admin(
+        "POST", "devices", {"managedDeviceId": str(uuid.uuid4()), "azureADDeviceId": None}
+    )["devices"][0]
+    assert unregistered["objectId"]  # ids left out are generated...
+    none = "00000000-0000-0000-0000-000000000000"
+    [zero] = g.admin(
+        "POST", "devices", {"managedDeviceId": str(uuid.uuid4()), "azureADDeviceId": none}
+    )["devices"]
+    assert zero["objectId"] is None  # ...but Intune's all-zero id means no Entra device
+
+
+def test_extension_attributes_patch_is_204_and_reads_back(g: Graph) -> None:
+    register(g)
+    response = patch_device(g, entra("fail"))
+    assert response.status_code == 204
+    assert response.content == b""
+    patch_device(g, entra("compliant", "extensionAttribute15"))
+    patch_device(g, entra(None))
+
+    device = g.admin("GET", f"devices/{DEVICE}")
+    assert device["extensionAttributes"]["extensionAttribute3"] is None
+    assert device["extensionAttributes"]["extensionAttribute15"] == "compliant"
+    assert g.admin("GET", f"devices/{OBJECT_ID}") == device
+    read = g.get(f"/v1.0/devices/{OBJECT_ID}", headers=auth(token([DEVICE_WRITE])))
+    assert read.json()["extensionAttributes"]["extensionAttribute15"] == "compliant"
+    [entry] = [e for e in g.admin("GET", "requests")["requests"] if e["status"] == 204][:1]
+    assert entry["path"] == f"/v1.0/devices/{OBJECT_ID}" and entry["applied"] is True
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"displayName": "renamed"}, 403, "Authorization_RequestDenied"),
+        ({**entra(), "accountEnabled": False}, 403, "Authorization_RequestDenied"),
+        ({"id": OBJECT_ID}, 400, "Request_BadRequest"),
+        ({"favouriteColour": "blue"}, 400, "Request_BadRequest"),
+        (entra(name="extensionAttribute16"), 400, "Request_BadRequest"),
+        (entra("x" * 1025), 400, "Request_BadRequest"),
+        (entra(42), 400, "Request_BadRequest"),  # type: ignore[arg-type]
+        ({"extensionAttributes": "fail"}, 400, "Request_BadRequest"),
+        ({}, 400, "Request_BadRequest"),
+        ([entra()], 400, "Request_BadRequest"),
+    ],
+    ids=[
+        "display-name",
+        "account-enabled",
+        "id",
+        "unknown-property",
+        "attribute-16",
+        "too-long",
+        "not-a-string",
+        "not-an-object",
+        "empty",
+        "array",
+    ],
+)
+def test_only_extension_attributes_may_be_patched(
+    g: Graph, body: Any, status: int, code: str
+) -> None:
+    register(g)
+    assert error_of(patch_device(g, body), status)["code"] == code
+    assert set(g.admin("GET", f"devices/{DEVICE}")["extensionAttributes"].values()) == {None}
+
+
+def test_an_attribute_of_1024_characters_is_allowed(g: Graph) -> None:
+    register(g)
+    assert patch_device(g, entra("x" * 1024)).status_code == 204
+
+
+@pytest.mark.parametrize(
+    ("roles", "read", "write"),
+    [
+        ([WRITE_ROLE], 403, 403),
+        (["Device.Read.All"], 200, 403),
+        ([DEVICE_WRITE], 200, 204),
+        (["Directory.ReadWrite.All"], 200, 204),
+    ],
+)
+def test_device_objects_need_device_or_directory_roles(
+    g: Graph, roles: list[str], read: int, write: int
+) -> None:
+    register(g)
+    listed = g.get("/v1.0/devices", headers=auth(token(roles)))
+    assert listed.status_code == read
+    response = patch_device(g, entra(), roles=roles)
+    assert response.status_code == write
+    if write == 403:
+        error = error_of(response, 403)
+        assert error["code"] == "Authorization_RequestDenied"
+        assert error["message"] == "Insufficient privileges to complete the operation."
+
+
+def test_unknown_device_object_is_404_and_a_malformed_one_400(g: Graph) -> None:
+    assert error_of(patch_device(g, entra()), 404)["code"] == "Request_ResourceNotFound"
+    bad = error_of(patch_device(g, entra(), path="/v1.0/devices/nope"), 400)
+    assert bad["code"] == "Request_BadRequest"
+
+
+def test_device_writes_share_the_write_throttle_and_the_fault_rules(make_graph: Any) -> None:
+    g = make_graph(write_limit="1/20")
+    register(g)
+    both = [WRITE_ROLE, DEVICE_WRITE]
+    assert g.patch(headers=auth(token(both))).status_code == 200
+    throttled = patch_device(g, entra(), roles=both)
+    assert error_of(throttled, 429)["code"] == "TooManyRequests"
+    assert throttled.headers["Retry-After"]
+
+    g.admin("POST", "config", {"writeLimit": "0"})
+    g.admin("POST", "faults", [{"status": 503, "count": 1, "match": "/v1.0/devices/"}])
+    assert patch_device(g, entra()).status_code == 503
+    assert patch_device(g, entra()).status_code == 204
+
+
+def test_the_request_log_lets_a_test_count_lookups(g: Graph) -> None:
+    register(g)
+    managed = f"/beta/deviceManagement/managedDevices/{DEVICE}"
+    for _ in range(2):
+        g.get(managed, params={"$select": "azureADDeviceId"})
+    g.get("/v1.0/devices", params={"$filter": f"deviceId eq '{AAD_DEVICE}'"}, headers=READER)
+    log = g.admin("GET", "requests")["requests"]
+    assert [e["path"] for e in log].count(managed) == 2
+    assert log[0]["query"] == {"$select": "azureADDeviceId"}
+    assert log[2]["query"]["$filter"] == f"deviceId eq '{AAD_DEVICE}'"
+
+
+def test_compliance_scripts_exist_in_beta_only(g: Graph) -> None:
+    path = STATE_PATH.replace("/beta/", "/v1.0/")
+    error = error_of(g.patch(path=path), 400)
+    assert error["message"] == "Resource not found for the segment 'deviceComplianceScripts'."
+
+
+def test_reset_forgets_devices_and_opaque_ids(make_graph: Any) -> None:
+    g = make_graph(run_state_ids="opaque", auto_devices=True)
+    g.get(f"{SCRIPT_PATH}/deviceRunStates", params=BY_DEVICE)
+    g.admin("POST", "config", {"autoRegisterDevices": False})
+    g.admin("POST", "reset")
+    assert g.admin("GET", "devices")["devices"] == []
+    assert g.admin("GET", "runstates")["runStates"] == []
+    assert g.admin("GET", "config")["autoRegisterDevices"] is True
+
+
+def test_device_settings_from_the_environment(
+    make_graph: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unknown = str(uuid.uuid4())
+    monkeypatch.setenv("GRAPH_EMULATOR_AUTO_DEVICES", "1")
+    monkeypatch.setenv("GRAPH_EMULATOR_UNKNOWN_DEVICES", unknown)
+    monkeypatch.setenv("GRAPH_EMULATOR_RUN_STATE_IDS", "opaque")
+    g = make_graph()
+    assert g.admin("GET", "config") | {"audience": None} == {
+        "audience": None,
+        "scripts": [],
+        "writeLimit": None,
+        "retryAfterFormat": "int",
+        "runStateIds": "opaque",
+        "autoRegisterDevices": True,
+        "unknownDevices": [unknown],
+    }
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"managedDeviceId": "not-a-guid"},
+        {"managedDeviceId": DEVICE, "colour": "red"},
+        {"managedDeviceId": DEVICE, "objectId": "x"},
+        "text",
+    ],
+)
+def test_bad_device_registrations_are_refused(g: Graph, body: Any) -> None:
+    response = requests.post(f"{g.url}/_emulator/devices", json=body, timeout=5)
+    assert response.status_code == 400
+
+
 # ---- running as a process ------------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ import requests
 from azure.core.exceptions import ClientAuthenticationError
 from azure.identity import ManagedIdentityCredential
 
-from devstack import graph, identity, tokens
+from devstack import graph, identity, logs, tokens
 from devstack.serving import start_in_thread
 
 HEADER = "test-identity-header"
@@ -75,6 +75,56 @@ def test_token_is_accepted_by_the_graph_emulator(emulator: str) -> None:
     finally:
         stop()
     assert response.status_code == 200
+
+
+def test_roles_from_the_environment_can_carry_device_readwrite_for_the_entra_patch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    roles = "DeviceManagementConfiguration.ReadWrite.All, Device.ReadWrite.All"
+    monkeypatch.setenv("IDENTITY_EMULATOR_ROLES", roles)
+    identity_url, stop_identity = start_in_thread(identity.build_server(header=HEADER))
+    graph_url, stop_graph = start_in_thread(graph.build_server(scripts=[], faults=[]))
+    monkeypatch.setenv("IDENTITY_ENDPOINT", f"{identity_url}{identity.TOKEN_PATH}")
+    monkeypatch.setenv("IDENTITY_HEADER", HEADER)
+    try:
+        bearer = ManagedIdentityCredential(client_id=CLIENT_ID).get_token(GRAPH_SCOPE).token
+        device = {"managedDeviceId": "0d1e2f3a-4b5c-4d6e-8f7a-8b9c0d1e2f3a"}
+        [registered] = requests.post(
+            f"{graph_url}/_emulator/devices", json=device, timeout=5
+        ).json()["devices"]
+        response = requests.patch(
+            f"{graph_url}/v1.0/devices/{registered['objectId']}",
+            json={"extensionAttributes": {"extensionAttribute1": "success"}},
+            headers={"Authorization": f"Bearer {bearer}"},
+            timeout=5,
+        )
+    finally:
+        stop_graph()
+        stop_identity()
+    assert tokens.verify(bearer, "https://graph.microsoft.com")["roles"] == [
+        "DeviceManagementConfiguration.ReadWrite.All",
+        "Device.ReadWrite.All",
+    ]
+    assert response.status_code == 204
+
+
+def test_a_monitor_token_is_accepted_by_the_logs_emulator(emulator: str) -> None:
+    url, stop = start_in_thread(logs.build_server(faults=[]))
+    try:
+        scope = f"{logs.DEFAULT_AUDIENCE}/.default"
+        bearer = ManagedIdentityCredential(client_id=CLIENT_ID).get_token(scope).token
+        response = requests.post(
+            f"{url}/dataCollectionRules/{logs.DEFAULT_RULE_ID}/streams/{logs.DEFAULT_STREAM}",
+            params={"api-version": logs.API_VERSION},
+            json=[{"ReportId": "r-1"}],
+            headers={"Authorization": f"Bearer {bearer}"},
+            timeout=5,
+        )
+    finally:
+        stop()
+    assert response.status_code == 204
+    assert tokens.verify(bearer, "https://monitor.azure.com")["appid"] == CLIENT_ID
+    assert _requests(emulator)[0]["resource"] == "https://monitor.azure.com"
 
 
 def test_wrong_identity_header_is_refused(emulator: str) -> None:

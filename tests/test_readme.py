@@ -14,6 +14,8 @@ from shared.settings import Settings
 from tests.stack import ROOT, Process, start_process, wait_for
 
 README = (ROOT / "README.md").read_text()
+UP = ["up", "--port", "0", "--graph-port", "0", "--identity-port", "0", "--storage-port", "0"]
+UP += ["--logs-port", "0"]
 
 
 def shell_blocks() -> list[str]:
@@ -23,9 +25,7 @@ def shell_blocks() -> list[str]:
 @pytest.fixture
 def stack() -> Iterator[Process]:
     """`python -m devstack up`, as `make run` starts it, on ephemeral ports."""
-    process = start_process(
-        ["up", "--port", "0", "--graph-port", "0", "--identity-port", "0", "--storage-port", "0"]
-    )
+    process = start_process(UP)
     yield process
     process.stop()
 
@@ -61,7 +61,7 @@ def test_readme_example_request_is_queued_then_readable_from_the_emulator(stack:
 
 def test_sync_mode_answers_with_graphs_outcome() -> None:
     process = start_process(
-        ["up", "--port", "0", "--graph-port", "0", "--identity-port", "0", "--storage-port", "0"],
+        UP,
         {"BRIDGE_DELIVERY_MODE": "sync"},
     )
     try:
