@@ -17,6 +17,7 @@ from shared.auth import AuthError, authenticate
 from shared.models import ComplianceReport
 from shared.settings import Settings
 from tests.agent_vectors import VECTORS, Vector
+from tests.stack import UNREACHABLE_STORAGE
 
 BY_NAME = [pytest.param(v, id=v.name) for v in VECTORS]
 
@@ -27,6 +28,7 @@ def hmac_settings(vector: Vector) -> Settings:
             "BRIDGE_DELIVERY_MODE": "sync",
             "BRIDGE_AUTH_MODE": "hmac",
             "BRIDGE_HMAC_SECRETS": vector.secret,
+            "AzureWebJobsStorage": UNREACHABLE_STORAGE,
         }
     )
 

@@ -179,6 +179,7 @@ def test_secrets_never_appear_in_the_settings_repr() -> None:
             "BRIDGE_DELIVERY_MODE": "sync",
             "BRIDGE_AUTH_MODE": "hmac",
             "BRIDGE_HMAC_SECRETS": f"{OLD_SECRET} {NEW_SECRET}",
+            "AzureWebJobsStorage": UNREACHABLE_STORAGE,
         }
     )
     assert len(settings.hmac_secrets) == 2

@@ -22,7 +22,7 @@ from shared.runtime import Bridge
 from shared.settings import Settings
 from tests.certs import header, trusted, untrusted
 from tests.conftest import IDENTITY_HEADER
-from tests.stack import CLIENT_ID, INGEST, Emulator, HostFactory, report_body
+from tests.stack import CLIENT_ID, INGEST, Emulator, HostFactory, StorageView, report_body
 
 SECRET, OLD_SECRET, STRANGER = (
     "whsec_" + base64.b64encode(os.urandom(32)).decode() for _ in range(3)
@@ -110,7 +110,9 @@ def record_text(record: logging.LogRecord) -> str:
 
 
 @pytest.fixture
-def bridge(emulators: tuple[Emulator, Emulator], monkeypatch: pytest.MonkeyPatch) -> Bridge:
+def bridge(
+    emulators: tuple[Emulator, Emulator], monkeypatch: pytest.MonkeyPatch, storage: StorageView
+) -> Bridge:
     """A real bridge in this process: the real credential code, against both emulators."""
     graph, identity = emulators
     monkeypatch.setenv("IDENTITY_ENDPOINT", f"{identity.url}/msi/token")
@@ -123,6 +125,7 @@ def bridge(emulators: tuple[Emulator, Emulator], monkeypatch: pytest.MonkeyPatch
             "BRIDGE_AUTH_MODE": "certificate,hmac",
             "BRIDGE_TRUSTED_CA_CERTS": trusted().bundle_pem,
             "BRIDGE_HMAC_SECRETS": f"{SECRET} {OLD_SECRET}",
+            "AzureWebJobsStorage": storage.connection_string,
         }
     )
     return Bridge.from_settings(settings)

@@ -166,6 +166,8 @@ def queue_bridge(
             "BRIDGE_DELIVERY_MODE": "queue",
             "AzureWebJobsStorage": storage.connection_string,
             "BRIDGE_DEVICE_RATE_LIMIT": "0",
+            # Every version is written: these tests follow outcomes, not change-only writes.
+            "BRIDGE_REFRESH_INTERVAL": "0",
         }
     )
     bridge = Bridge.from_settings(settings)
