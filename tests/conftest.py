@@ -118,3 +118,9 @@ def start_queue_host(start_host: HostFactory, storage: StorageView) -> HostFacto
         return start_host(BRIDGE_DELIVERY_MODE="queue", **settings)
 
     return factory
+
+
+@pytest.fixture
+def identity_env(identity_emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IDENTITY_ENDPOINT", f"{identity_emulator.url}/msi/token")
+    monkeypatch.setenv("IDENTITY_HEADER", IDENTITY_HEADER)
