@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
@@ -516,3 +517,150 @@ def acceptable_versions(versions: set[str], today: date) -> set[str]:
     settled = [v for v in stable if (today - _day(v)).days >= GRACE_DAYS]
     recent = {v for v in settled if (today - _day(v)).days <= MAX_AGE_DAYS}
     return recent or ({settled[-1]} if settled else set(stable[-1:]))
+
+
+# --- evaluation ----------------------------------------------------------------------------------
+
+
+class Unresolved(LookupError):
+    """An expression needs a value only the deployment has and the caller did not supply."""
+
+
+def evaluate(
+    template: Template,
+    node: Any,
+    bindings: dict[str, Any],
+    externals: dict[str, Any] | None = None,
+) -> Any:
+    """The value of a Bicep expression for given parameter values, the way ARM would compute it,
+    for the functions the infra uses. `externals` supplies what only a deployment knows, keyed by
+    the expression's text (e.g. `tenant().tenantId`, `logsIngestion.outputs.immutableId`, or a
+    variable's name such as `resourceToken`, whose uniqueString only ARM computes); only the
+    branch a condition takes is evaluated, so outputs of modules that are off are never needed."""
+    externals = externals or {}
+
+    def ev(n: Any, scope: dict[str, Any]) -> Any:
+        kind = n.type
+        text = _text(n)
+        if text in externals and kind in ("member_expression", "call_expression", "identifier"):
+            return externals[text]
+        if kind == "string":
+            parts = []
+            for child in n.named_children:
+                if child.type == "interpolation":
+                    parts.append(_render(ev(_children(child)[0], scope)))
+                elif child.type == "escape_sequence":
+                    char = _text(child)[1:]
+                    parts.append({"n": "\n", "t": "\t"}.get(char, char))
+                else:
+                    parts.append(_text(child))
+            return "".join(parts) if n.named_children else template.literal(n)
+        if kind in ("number", "boolean", "null"):
+            return template.literal(n)
+        if kind == "array":
+            return [ev(item, scope) for item in _children(n)]
+        if kind == "object":
+            return {key: ev(value, scope) for key, value, _ in properties(template, n)}
+        if kind == "identifier":
+            if text in scope:
+                return scope[text]
+            if text in template.params and template.params[text].body is not None:
+                return ev(template.params[text].body, scope)
+            if text in template.vars:
+                return ev(template.vars[text].body, scope)
+            raise Unresolved(text)
+        if kind == "parenthesized_expression":
+            return ev(_children(n)[0], scope)
+        if kind == "unary_expression":
+            value = ev(_children(n)[0], scope)
+            return not value if n.children[0].type == "!" else -value
+        if kind == "binary_expression":
+            left, right = _children(n)
+            operator = n.children[1].type
+            if operator == "&&":
+                return ev(left, scope) and ev(right, scope)
+            if operator == "||":
+                return ev(left, scope) or ev(right, scope)
+            a, b = ev(left, scope), ev(right, scope)
+            return {"==": a == b, "!=": a != b}[operator]
+        if kind == "ternary_expression":
+            condition, left, right = _children(n)
+            return ev(left if ev(condition, scope) else right, scope)
+        if kind == "member_expression":
+            base, key = _children(n)
+            value = ev(base, scope)
+            if not isinstance(value, dict) or _text(key) not in value:
+                raise Unresolved(text)
+            return value[_text(key)]
+        if kind == "subscript_expression":
+            base, index = _children(n)
+            return ev(base, scope)[ev(index, scope)]
+        if kind == "for_statement":
+            params, iterated, element = _children(n)[:3]
+            names = [_text(c) for c in _children(params)] or [_text(params)]
+            copies = []
+            for i, item in enumerate(ev(iterated, scope)):
+                inner = {**scope, names[0]: item, **({names[1]: i} if len(names) > 1 else {})}
+                copies.append(ev(element, inner))
+            return copies
+        if kind == "lambda_expression":
+            name, body = _children(n)
+            return lambda item: ev(body, {**scope, _text(name): item})
+        if kind == "call_expression":
+            function = _text(_children(n)[0])
+            args_node = _children(n)[1] if len(_children(n)) > 1 else None
+            args = [ev(arg, scope) for arg in _children(args_node)] if args_node else []
+            if function in ("loadTextContent", "loadJsonContent"):
+                # The compiler inlines the file, relative to the template.
+                content = (template.path.parent / args[0]).read_text(encoding="utf-8")
+                return content if function == "loadTextContent" else json.loads(content)
+            if function == "replace":
+                return args[0].replace(args[1], args[2])
+            return _call(function, args, text)
+        raise Unresolved(f"{kind}: {text}")
+
+    return ev(node, dict(bindings))
+
+
+def _render(value: Any) -> str:
+    """How ARM turns a value into text (string(), interpolation)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def _call(function: str, args: list[Any], text: str) -> Any:
+    if function == "string":
+        return _render(args[0])
+    if function == "join":
+        return args[1].join(args[0])
+    if function == "split":
+        separators = args[1] if isinstance(args[1], list) else [args[1]]
+        return re.split("|".join(map(re.escape, separators)), args[0])
+    if function in ("toLower", "toUpper", "trim"):
+        return {"toLower": str.lower, "toUpper": str.upper, "trim": str.strip}[function](args[0])
+    if function == "empty":
+        return not args[0]
+    if function == "contains":
+        return args[1] in args[0]
+    if function == "concat":
+        return (
+            [item for arg in args for item in arg] if isinstance(args[0], list) else "".join(args)
+        )
+    if function == "union":
+        merged: dict[str, Any] = {}
+        for arg in args:
+            merged.update(arg)
+        return merged
+    if function == "filter":
+        return [item for item in args[0] if args[1](item)]
+    if function == "map":
+        return [args[1](item) for item in args[0]]
+    if function == "guid":
+        # A stand-in for ARM's deterministic name-based GUID (same inputs, same value).
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, "|".join(map(str, args))))
+    if function == "items":
+        return [{"key": key, "value": value} for key, value in args[0].items()]
+    raise Unresolved(text)

@@ -41,6 +41,7 @@ SCOPES = {
 _LOADED = re.compile(r"loadTextContent\('\.\./queries/([\w.-]+\.kql)'\)")
 _DOC_BLOCK = re.compile(r"```kusto\n(.*?)```", re.DOTALL)
 
+
 def custom_table_columns() -> dict[str, str]:
     """The stream's columns as infra/app/logs.bicep declares them (the `columns` variable)."""
     template = Template(INFRA / "app" / "logs.bicep", INFRA)
