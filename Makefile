@@ -4,7 +4,8 @@
 PYTHON_VERSION := 3.13
 # python3.13 on PATH, else a pyenv install of it (pyenv's shim exists but fails when 3.13 is not
 # the selected version, so each candidate must actually run).
-PYTHON ?= $(shell for p in python$(PYTHON_VERSION) $$(ls -d $$HOME/.pyenv/versions/$(PYTHON_VERSION).*/bin/python$(PYTHON_VERSION) 2>/dev/null); do \
+PYENV_ROOT ?= $(or $(shell pyenv root 2>/dev/null),$(HOME)/.pyenv)
+PYTHON ?= $(shell for p in python$(PYTHON_VERSION) $$(ls -d $(PYENV_ROOT)/versions/$(PYTHON_VERSION).*/bin/python$(PYTHON_VERSION) 2>/dev/null); do \
 	$$p -c 'import sys; sys.exit(sys.version_info[:2] != ($(subst .,$(comma),$(PYTHON_VERSION))))' 2>/dev/null && { echo $$p; break; }; done)
 comma := ,
 VENV := .venv
