@@ -8,8 +8,9 @@ read-only properties, missing required properties, values outside closed enums, 
 and string/number bounds of literals.
 Values are followed through parameters (with @allowed), variables, ternaries and loop items where
 they are static; anything else is left to the real compiler. It also applies the linter's
-`use-recent-api-versions` rule (Azure/bicep UseRecentApiVersionRule) and checks that every module
-is given exactly the parameters its file declares.
+`use-recent-api-versions` rule (Azure/bicep UseRecentApiVersionRule) and its no-unused-params and
+no-unused-vars rules, checks that every module is given exactly the parameters its file declares,
+and evaluates expressions for given parameter values (`evaluate`) the way ARM would.
 """
 
 from __future__ import annotations
@@ -504,6 +505,45 @@ class Checker:
                     if param.body is None and name not in given:
                         self.report(template, module.node, f"{module.name}: param {name} missing")
         return self.findings
+
+    # --- unused declarations -------------------------------------------------------------------
+
+    def check_unused(self) -> list[Finding]:
+        """The linter's no-unused-params and no-unused-vars (errors in infra/bicepconfig.json)."""
+        self.findings = []
+        for template in self.templates.values():
+            used = _references(template.tree.root_node)
+            for declared in (*template.params.values(), *template.vars.values()):
+                if declared.name not in used:
+                    self.report(template, declared.node, f"{declared.kind} {declared.name} unused")
+        return self.findings
+
+
+def _references(root: Any) -> set[str]:
+    """Identifiers used as values: not declaration names, object keys or lambda parameters."""
+    found: set[str] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        kids = _children(node)
+        skip = set()
+        if (
+            node.type
+            in (
+                "parameter_declaration",
+                "variable_declaration",
+                "resource_declaration",
+                "module_declaration",
+                "output_declaration",
+                "object_property",
+            )
+            and kids
+        ):
+            skip.add(kids[0].id)
+        if node.type == "identifier" and node.id not in skip:
+            found.add(_text(node))
+        stack.extend(kid for kid in kids if kid.id not in skip)
+    return found
 
 
 def _day(version: str) -> date:

@@ -1,5 +1,6 @@
 """The checks a Bicep compiler would make on infra/: resource bodies against their type definitions,
-the linter's API-age rule, and module parameters; each shown to catch a planted fault.
+the linter's API-age rule, unused parameters and variables, and module parameters; each shown to
+catch a planted fault.
 
 The definitions live in tests/fixtures/bicep-types (trimmed to the types infra/ uses), so the
 project checks itself without this team's notes; tests/bicep_types.py is the checker.
@@ -61,6 +62,12 @@ def test_every_module_gets_exactly_the_parameters_its_file_declares(checker: Che
     assert not findings, "\n".join(map(str, findings))
 
 
+def test_no_parameter_or_variable_is_unused(checker: Checker) -> None:
+    # no-unused-params and no-unused-vars are errors in bicepconfig.json: `bicep build` fails.
+    findings = checker.check_unused()
+    assert not findings, "\n".join(map(str, findings))
+
+
 def test_the_checker_reads_every_resource_of_every_file(checker: Checker) -> None:
     # A parse that silently dropped declarations would make the checks above vacuous.
     seen = {r.type_text.lower() for t in checker.templates.values() for r in t.resources}
@@ -115,6 +122,11 @@ def test_module_parameter_mistakes_are_caught() -> None:
         "main.bicep:2: child: param name missing",
         "main.bicep:5: child: child.bicep has no param nmae",
     ]
+
+
+def test_an_unused_parameter_and_variable_are_caught() -> None:
+    findings = [str(f) for f in Checker(FAULTS / "unused").check_unused()]
+    assert findings == ["main.bicep:6: param leftover unused", "main.bicep:9: var stale unused"]
 
 
 def test_an_aged_api_version_is_caught() -> None:
