@@ -285,6 +285,14 @@ def _closed_values(data: list[dict[str, Any]], ty: dict[str, Any]) -> set[Any] |
     return None
 
 
+# A parameter's declared type -> the kind `Template.values` reports for such a value.
+_PARAM_KINDS = {
+    "string": "string",
+    "int": "int",
+    "bool": "bool",
+    "array": "array",
+    "object": "object",
+}
 _KINDS = {
     "StringType": "string",
     "StringLiteralType": "string",
@@ -480,7 +488,8 @@ class Checker:
     # --- modules -------------------------------------------------------------------------------
 
     def check_modules(self) -> list[Finding]:
-        """Each module gets only parameters its file declares, and every one without a default."""
+        """Each module gets only parameters its file declares, every one without a default, each
+        of the declared kind and within its @allowed values."""
         self.findings = []
         for template in self.templates.values():
             for module in template.modules:
@@ -489,22 +498,35 @@ class Checker:
                     self.report(template, module.node, f"{module.type_text}: no such file")
                     continue
                 given: set[str] = set()
-                for key, value, node in properties(template, module.body):
+                for key, value, _node in properties(template, module.body):
                     if key != "params":
                         continue
-                    for name, _value, param_node in properties(template, value):
+                    for name, argument, param_node in properties(template, value):
                         given.add(str(name))
                         if name not in target.params:
-                            self.report(
-                                template,
-                                param_node,
-                                f"{module.name}: {target.rel} has no param {name}",
-                            )
-                    del node
+                            problem = f"{module.name}: {target.rel} has no param {name}"
+                            self.report(template, param_node, problem)
+                            continue
+                        self._check_argument(template, module, target, str(name), argument)
                 for name, param in target.params.items():
                     if param.body is None and name not in given:
                         self.report(template, module.node, f"{module.name}: param {name} missing")
         return self.findings
+
+    def _check_argument(
+        self, template: Template, module: Declaration, target: Template, name: str, value: Any
+    ) -> None:
+        """A module argument's kind against the parameter's type, its values against @allowed."""
+        param = target.params[name]
+        kind, values = template.values(value, {})
+        wanted = _PARAM_KINDS.get(param.type_text)
+        if kind and wanted and kind != wanted:
+            self.report(template, value, f"{module.name}: param {name} is {wanted}, given {kind}")
+            return
+        allowed = target.allowed(param)
+        if allowed is not None and values is not None and not values <= set(allowed):
+            bad = sorted(map(str, values - set(allowed)))
+            self.report(template, value, f"{module.name}: param {name}: {bad} not allowed")
 
     # --- unused declarations -------------------------------------------------------------------
 

@@ -119,8 +119,10 @@ def test_a_value_outside_a_closed_enum_is_caught_through_a_loop() -> None:
 
 def test_module_parameter_mistakes_are_caught() -> None:
     assert sorted(findings_in("module-param")) == [
-        "main.bicep:2: child: param name missing",
-        "main.bicep:5: child: child.bicep has no param nmae",
+        "main.bicep:3: child: param name missing",
+        "main.bicep:6: child: child.bicep has no param nmae",
+        "main.bicep:7: child: param size is int, given string",
+        "main.bicep:8: child: param tier: ['Premium'] not allowed",
     ]
 
 
