@@ -1003,7 +1003,7 @@ def loaded(tpl: Template, variable: str) -> list[str]:
 
 @pytest.mark.parametrize("logs", [False, True], ids=["without logs", "with logs"])
 def test_alert_rules_per_destination(logs: bool) -> None:
-    dep = deployment(destinations="graph,logs" if logs else "graph")
+    dep = deployment(destinations="graph,logs" if logs else "graph", scriptInterval="1d")
     alerts = template(APP / "alerts.bicep")
     bindings = dep.module_params("alerts")
     ext = {
@@ -1025,7 +1025,9 @@ def test_alert_rules_per_destination(logs: bool) -> None:
     silent = [rule for rule in rules if rule["name"] == "devices-silent"]
     for rule in silent:
         assert rule["overrideQueryTimeRange"] == "P2D"
-        assert "let scriptInterval = 8h;" in rule["query"]
+        # BRIDGE_SCRIPT_INTERVAL reaches the query (tests/test_kql.py binds the replaced text).
+        assert "let scriptInterval = 1d;" in rule["query"]
+        assert "8h" not in rule["query"]
 
 
 def test_alert_rules_are_log_alerts_with_optional_notifications() -> None:
@@ -1056,7 +1058,7 @@ def test_alerts_and_workbook_run_only_the_shared_query_files() -> None:
 
 @pytest.mark.parametrize("logs", [False, True], ids=["without logs", "with logs"])
 def test_workbook_tiles_per_destination(logs: bool) -> None:
-    dep = deployment(destinations="graph,logs" if logs else "graph")
+    dep = deployment(destinations="graph,logs" if logs else "graph", scriptInterval="12h")
     workbook = template(APP / "workbook.bicep")
     bindings = dep.module_params("workbook")
     ext = {**EXTERNALS, "applicationInsights.id": "c", "workspace.id": "w"}
@@ -1072,6 +1074,8 @@ def test_workbook_tiles_per_destination(logs: bool) -> None:
             assert tile["crossComponentResources"] == ["w"]
         else:
             assert scoped == "microsoft.insights/components"
+    if logs:
+        assert "let scriptInterval = 12h;" in tiles["compliance-silent"]["query"]
 
 
 # --- 9. docs ------------------------------------------------------------------------------------
