@@ -77,8 +77,10 @@ def doc_queries() -> list[str]:
 def bind(queries: list[dict[str, str]]) -> dict[str, list[dict[str, Any]]]:
     request = json.dumps({"databases": databases(), "queries": queries})
     done = subprocess.run(
-        ["node", str(BIND)], input=request, capture_output=True, text=True, timeout=120, check=True
+        ["node", str(BIND)], input=request, capture_output=True, text=True, timeout=120, check=False
     )
+    # A missing @kusto/language-service-next (run `make install`) shows here, not as a pass.
+    assert done.returncode == 0, done.stderr[-2000:]
     return {result["id"]: result["diagnostics"] for result in json.loads(done.stdout)}
 
 
