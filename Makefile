@@ -1,5 +1,13 @@
 # Two commands on a fresh machine: `make run` (the local stack) and `make test` (every test).
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# The suite runs on the Python the function app runs on in Azure (infra/main.bicep pythonVersion):
+# 3.13, the first whose host worker (azure-functions-runtime) the indexing test can run.
+PYTHON_VERSION := 3.13
+# python3.13 on PATH, else a pyenv install of it (pyenv's shim exists but fails when 3.13 is not
+# the selected version, so each candidate must actually run).
+PYENV_ROOT ?= $(or $(shell pyenv root 2>/dev/null),$(HOME)/.pyenv)
+PYTHON ?= $(shell for p in python$(PYTHON_VERSION) $$(ls -d $(PYENV_ROOT)/versions/$(PYTHON_VERSION).*/bin/python$(PYTHON_VERSION) 2>/dev/null); do \
+	$$p -c 'import sys; sys.exit(sys.version_info[:2] != ($(subst .,$(comma),$(PYTHON_VERSION))))' 2>/dev/null && { echo $$p; break; }; done)
+comma := ,
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -8,22 +16,25 @@ AZURITE := node_modules/.bin/azurite
 
 .PHONY: run test lint format install clean
 
+# A venv made with another Python (an older checkout) is rebuilt, not reused.
 $(STAMP): requirements.txt requirements-dev.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -n "$(PYTHON)" || { echo "Python $(PYTHON_VERSION) not found (set PYTHON=...)" >&2; exit 1; }
+	$(BIN)/python -c 'import sys; sys.exit(sys.version_info[:2] != ($(subst .,$(comma),$(PYTHON_VERSION))))' 2>/dev/null || \
+		{ rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	touch $(STAMP)
 
-# Azurite comes from npm (pure JavaScript); the lock file pins it.
+# Azurite and Kusto.Language come from npm (pure JavaScript); the lock file pins them.
 $(AZURITE): package.json package-lock.json
 	npm ci --no-audit --no-fund --silent
 	touch $(AZURITE)
 
 # The POSIX agent's tests run shellcheck and dash (Debian packages).
-$(TOOLS):
+$(TOOLS): $(STAMP)
 	command -v shellcheck >/dev/null && command -v dash >/dev/null || \
 		{ apt-get update -qq && apt-get install -y -qq shellcheck dash; }
-	mkdir -p $(VENV) && touch $(TOOLS)
+	touch $(TOOLS)
 
 install: $(STAMP) $(AZURITE) $(TOOLS)
 

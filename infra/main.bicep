@@ -8,7 +8,40 @@ targetScope = 'subscription'
 param environmentName string
 
 @minLength(1)
-@description('Region for all resources; it must offer Flex Consumption (az functionapp list-flexconsumption-locations).')
+@description('Region for all resources; only regions that offer Flex Consumption are allowed (az functionapp list-flexconsumption-locations).')
+@allowed([
+  'australiaeast'
+  'australiasoutheast'
+  'brazilsouth'
+  'canadacentral'
+  'centralindia'
+  'centralus'
+  'eastasia'
+  'eastus'
+  'eastus2'
+  'francecentral'
+  'germanywestcentral'
+  'italynorth'
+  'japaneast'
+  'koreacentral'
+  'northcentralus'
+  'northeurope'
+  'norwayeast'
+  'southafricanorth'
+  'southcentralus'
+  'southeastasia'
+  'southindia'
+  'spaincentral'
+  'swedencentral'
+  'uaenorth'
+  'uksouth'
+  'ukwest'
+  'westcentralus'
+  'westeurope'
+  'westus'
+  'westus2'
+  'westus3'
+])
 @metadata({
   azd: {
     type: 'location'
@@ -16,7 +49,8 @@ param environmentName string
 })
 param location string
 
-@description('Principal id of whoever deploys (azd: AZURE_PRINCIPAL_ID); receives rights to set HMAC secrets and replay dead letters. Empty grants nothing.')
+@description('Principal (object) id of the operator (azd: AZURE_PRINCIPAL_ID, whoever deploys); receives the rights replay, status and doctor need, and Key Vault Secrets Officer in hmac mode. Empty grants nothing.')
+@maxLength(36)
 param principalId string = ''
 
 @description('Kind of principal principalId is: User for a person, ServicePrincipal for a pipeline.')
@@ -46,6 +80,10 @@ param authMode string = 'hmac'
 @description('Trusted Intune issuing CA certificates for certificate mode (BRIDGE_TRUSTED_CA_CERTS): PEM text, or the path of a PEM file inside the deployed package such as certs/intune-ca.pem. Required when authMode contains certificate.')
 param trustedCaCerts string = ''
 
+@description('Tenant whose device certificates certificate mode accepts (BRIDGE_TENANT_ID); empty means the tenant of this deployment. Unused unless authMode contains certificate.')
+@maxLength(36)
+param certificateTenantId string = ''
+
 @description('Where client certificates are demanded when authMode contains certificate: functionApp sets clientCertEnabled/Required on the Flex Consumption app (unconfirmed whether Flex honours it: test before relying on it); external leaves the app without mTLS because a front such as API Management or Application Gateway validates the certificate and forwards it.')
 @allowed([
   'functionApp'
@@ -53,7 +91,22 @@ param trustedCaCerts string = ''
 ])
 param certificateFront string = 'functionApp'
 
-@description('queue: accept with 202 and deliver from the compliance-results queue; sync: deliver inline and answer with Graph\'s outcome (BRIDGE_DELIVERY_MODE).')
+@description('Where accepted reports go (BRIDGE_DESTINATIONS), comma-separated: graph (the deviceRunStates PATCH), logs (a Log Analytics custom table), entra (a device extension attribute).')
+@minLength(1)
+param destinations string = 'graph'
+
+@description('Script-to-attribute map for the entra destination (BRIDGE_ENTRA_ATTRIBUTES): <scriptId>=<1..15> pairs, comma-separated. Required when destinations contains entra.')
+param entraAttributes string = ''
+
+@description('Days the custom table of the logs destination keeps its rows (interactive retention).')
+@minValue(4)
+@maxValue(730)
+param logsRetentionInDays int = 90
+
+@description('An unchanged state is rewritten to graph and entra only this often (BRIDGE_REFRESH_INTERVAL), e.g. 8h; 0 writes every report.')
+param refreshInterval string = '8h'
+
+@description('queue: accept with 202 and deliver from the destination queues; sync: deliver inline and answer with Graph\'s outcome (BRIDGE_DELIVERY_MODE).')
 @allowed([
   'queue'
   'sync'
@@ -69,8 +122,11 @@ param graphWritesPerSecond int = 8
 @minValue(0)
 param deviceRateLimit int = 60
 
-@description('Python version of the Flex Consumption runtime; keep it equal to the version the tests run on.')
-param pythonVersion string = '3.11'
+@description('Python version of the Flex Consumption runtime: 3.13, the version the test suite runs on (Makefile, CI) and the first whose host worker (azure-functions-runtime) the tests can run.')
+@allowed([
+  '3.13'
+])
+param pythonVersion string = '3.13'
 
 @description('Memory per Flex Consumption instance in MB.')
 @allowed([
@@ -93,10 +149,13 @@ param maximumInstanceCount int = 40
 @description('Compliance script ids (GUIDs) the bridge accepts reports for (BRIDGE_ALLOWED_SCRIPT_IDS); empty accepts every script.')
 param allowedScriptIds array = []
 
-@description('How the Graph run-state id is built from the script and device ids (BRIDGE_RUN_STATE_ID_TEMPLATE).')
+@description('How the Graph run-state id is built from the script and device ids (BRIDGE_RUN_STATE_ID_TEMPLATE), or lookup to list deviceRunStates by device.')
 param runStateIdTemplate string = '{scriptId}:{deviceId}'
 
-@description('How often Intune runs the detection scripts (BRIDGE_SCRIPT_INTERVAL), used for expectedStateUpdateDateTime; e.g. 8h.')
+@description('With runStateIdTemplate=lookup: the template written when the list names no run state for the device (BRIDGE_RUN_STATE_LOOKUP_FALLBACK); empty poisons such reports instead.')
+param runStateLookupFallback string = ''
+
+@description('How often Intune runs the detection scripts (BRIDGE_SCRIPT_INTERVAL), used for expectedStateUpdateDateTime and the silent-devices alert: a number and a unit (d, h, m or s), e.g. 8h, which KQL reads as a timespan too.')
 param scriptInterval string = '8h'
 
 @secure()
@@ -106,8 +165,12 @@ param hmacSecrets string = ''
 @description('E-mail address that receives the bridge\'s alerts; empty creates the alert rules without notifications.')
 param alertEmail string = ''
 
-@description('Grant the managed identity Graph\'s DeviceManagementConfiguration.ReadWrite.All with the Microsoft Graph Bicep extension. Needs Entra admin rights; otherwise leave false and run infra/scripts/grant-graph-permission.sh.')
+@description('Grant the managed identity its Graph app roles (DeviceManagementConfiguration.ReadWrite.All; Device.ReadWrite.All with the entra destination) with the Microsoft Graph Bicep extension. Needs Entra admin rights; otherwise leave false and run infra/scripts/grant-graph-permission.sh.')
 param grantGraphPermission bool = false
+
+@description('Changes the Key Vault name. Purge protection keeps a deleted vault\'s name taken for 90 days, so an environment recreated after azd down needs a salt (or az keyvault recover). Empty keeps the default name.')
+@maxLength(24)
+param keyVaultNameSalt string = ''
 
 var abbrs = loadJsonContent('./abbreviations.json')
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
@@ -117,30 +180,64 @@ var tags = {
 var functionAppName = '${abbrs.webSitesFunctions}api-${resourceToken}'
 // Flex Consumption deploys from a blob container; name copied from the azd Flex template.
 var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(toLower(uniqueString(functionAppName, resourceToken)), 7)}'
-// The queue trigger dead-letters to <queue>-poison; the names are the bridge's contract (DESIGN.md).
-var queueName = 'compliance-results'
-var poisonQueueName = '${queueName}-poison'
+// A salt gives the vault a new name when the old one is held by purge protection.
+var keyVaultToken = empty(keyVaultNameSalt) ? resourceToken : toLower(uniqueString(resourceToken, keyVaultNameSalt))
+// Lists are read the way the code reads them (shared/settings.py): comma, semicolon or blank separated.
+var enabledDestinations = filter(map(split(toLower(destinations), [',', ';', ' ']), item => trim(item)), item => !empty(item))
+var authModes = filter(map(split(toLower(authMode), [',', ';', ' ']), item => trim(item)), item => !empty(item))
+var useLogs = contains(enabledDestinations, 'logs')
+var useEntra = contains(enabledDestinations, 'entra')
+var useCertificate = contains(authModes, 'certificate')
+var useHmac = contains(authModes, 'hmac')
+// One queue per destination; the queue trigger dead-letters to <queue>-poison. The names are the
+// bridge's contract (DESIGN.md, shared/store.py); every one exists whatever is enabled, so turning a
+// destination on later needs no storage change.
+var destinationQueues = {
+  graph: 'compliance-results'
+  logs: 'compliance-logs'
+  entra: 'compliance-entra'
+}
 var runStateTableName = 'runstates'
+// Reports over the inline queue-message limit travel as blobs here (claim check).
+var payloadContainerName = 'compliance-payloads'
 var hmacSecretName = 'bridge-hmac-secrets'
+// The logs destination's table and the stream the data collection rule accepts for it.
+var logsTableName = 'IntuneComplianceScriptState_CL'
+var logsStreamName = 'Custom-${logsTableName}'
 // mTLS on the app itself only when devices use certificates and no external front checks them.
-var enforceClientCertificate = contains(toLower(authMode), 'certificate') && certificateFront == 'functionApp'
+var enforceClientCertificate = useCertificate && certificateFront == 'functionApp'
+// Graph application permissions by destination: the run-state PATCH, the device attribute PATCH.
+var graphAppRoles = concat(
+  ['DeviceManagementConfiguration.ReadWrite.All'],
+  useEntra ? ['Device.ReadWrite.All'] : []
+)
 
 // The bridge's own settings; the host wiring (storage, telemetry, identity, Key Vault reference)
-// is added in app/api.bicep. Values equal the code's defaults unless a parameter says otherwise.
+// is added in app/api.bicep. Values equal the code's defaults unless a parameter says otherwise;
+// an empty value means the code's default (Settings.from_env ignores blank settings).
 var bridgeSettings = {
   BRIDGE_GRAPH_CLOUD: graphCloud
   BRIDGE_CREDENTIAL: 'managed_identity'
   BRIDGE_DELIVERY_MODE: deliveryMode
+  BRIDGE_DESTINATIONS: join(enabledDestinations, ',')
   BRIDGE_AUTH_MODE: authMode
   BRIDGE_TRUSTED_CA_CERTS: trustedCaCerts
+  // Certificate mode: the Intune device CA issues for every tenant, so the tenant is checked too.
+  BRIDGE_TENANT_ID: useCertificate ? (empty(certificateTenantId) ? tenant().tenantId : certificateTenantId) : ''
   BRIDGE_DEVICE_RATE_LIMIT: string(deviceRateLimit)
   BRIDGE_GRAPH_WRITES_PER_SECOND: string(graphWritesPerSecond)
   BRIDGE_MAX_BODY_BYTES: '2097152'
   BRIDGE_MAX_OUTPUT_CHARS: '1048576'
   BRIDGE_SCRIPT_INTERVAL: scriptInterval
+  BRIDGE_REFRESH_INTERVAL: refreshInterval
   BRIDGE_CLOCK_SKEW: '5m'
   BRIDGE_RUN_STATE_ID_TEMPLATE: runStateIdTemplate
+  BRIDGE_RUN_STATE_LOOKUP_FALLBACK: runStateLookupFallback
   BRIDGE_ALLOWED_SCRIPT_IDS: join(allowedScriptIds, ',')
+  BRIDGE_LOGS_ENDPOINT: useLogs ? logsIngestion.outputs.logsIngestionEndpoint : ''
+  BRIDGE_LOGS_RULE_ID: useLogs ? logsIngestion.outputs.immutableId : ''
+  BRIDGE_LOGS_STREAM: logsStreamName
+  BRIDGE_ENTRA_ATTRIBUTES: entraAttributes
   BRIDGE_GRAPH_CONNECT_TIMEOUT: '3.05'
   BRIDGE_GRAPH_READ_TIMEOUT: '15'
   BRIDGE_SYNC_ATTEMPTS: '3'
@@ -175,8 +272,8 @@ module storage 'app/storage.bicep' = {
     location: location
     tags: tags
     deploymentContainerName: deploymentContainerName
-    queueName: queueName
-    poisonQueueName: poisonQueueName
+    payloadContainerName: payloadContainerName
+    queueNames: [for queue in items(destinationQueues): queue.value]
     runStateTableName: runStateTableName
   }
 }
@@ -196,11 +293,26 @@ module keyVault 'app/keyvault.bicep' = {
   name: 'keyvault'
   scope: rg
   params: {
-    name: '${abbrs.keyVaultVaults}${resourceToken}'
+    name: '${abbrs.keyVaultVaults}${keyVaultToken}'
     location: location
     tags: tags
     hmacSecretName: hmacSecretName
     hmacSecrets: hmacSecrets
+  }
+}
+
+// The logs destination: a custom table and the data collection rule the app ingests through.
+module logsIngestion 'app/logs.bicep' = if (useLogs) {
+  name: 'logsIngestion'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    logAnalyticsName: monitoring.outputs.logAnalyticsName
+    ruleName: '${abbrs.insightsDataCollectionRules}${resourceToken}'
+    tableName: logsTableName
+    streamName: logsStreamName
+    retentionInDays: logsRetentionInDays
   }
 }
 
@@ -209,11 +321,13 @@ module rbac 'app/rbac.bicep' = {
   scope: rg
   params: {
     storageAccountName: storage.outputs.name
-    queueName: queueName
-    poisonQueueName: poisonQueueName
+    // The app needs only the queues of enabled destinations; the operator the same.
+    queueNames: [for destination in enabledDestinations: destinationQueues[destination]]
     runStateTableName: runStateTableName
     applicationInsightsName: monitoring.outputs.applicationInsightsName
     keyVaultName: keyVault.outputs.name
+    dataCollectionRuleName: useLogs ? logsIngestion.outputs.ruleName : ''
+    useHmac: useHmac
     managedIdentityPrincipalId: identity.outputs.principalId
     operatorPrincipalId: principalId
     operatorPrincipalType: principalType
@@ -241,7 +355,8 @@ module api 'app/api.bicep' = {
     instanceMemoryMB: instanceMemoryMB
     maximumInstanceCount: maximumInstanceCount
     enforceClientCertificate: enforceClientCertificate
-    hmacSecretUri: keyVault.outputs.hmacSecretUri
+    // The Key Vault reference is set only when hmac is on: an unresolved one must not touch other modes.
+    hmacSecretUri: useHmac ? keyVault.outputs.hmacSecretUri : ''
     bridgeSettings: bridgeSettings
   }
 }
@@ -249,32 +364,49 @@ module api 'app/api.bicep' = {
 module alerts 'app/alerts.bicep' = {
   name: 'alerts'
   scope: rg
+  // A rule's query is validated when it is created, so the custom table must exist first.
+  dependsOn: [
+    logsIngestion
+  ]
   params: {
     location: location
     tags: tags
     applicationInsightsName: monitoring.outputs.applicationInsightsName
+    logAnalyticsName: monitoring.outputs.logAnalyticsName
     namePrefix: '${abbrs.insightsScheduledQueryRules}${resourceToken}-'
     actionGroupName: '${abbrs.insightsActionGroups}${resourceToken}'
     alertEmail: alertEmail
+    // The silent-devices alert reads the logs destination's table, so it exists only with it.
+    useLogs: useLogs
+    scriptInterval: scriptInterval
   }
 }
 
 module workbook 'app/workbook.bicep' = {
   name: 'workbook'
   scope: rg
+  dependsOn: [
+    logsIngestion
+  ]
   params: {
     location: location
     tags: tags
     applicationInsightsName: monitoring.outputs.applicationInsightsName
+    logAnalyticsName: monitoring.outputs.logAnalyticsName
+    useLogs: useLogs
+    scriptInterval: scriptInterval
     displayName: 'Intune compliance-script bridge (${environmentName})'
   }
 }
 
+// A new identity can take a while to replicate in Entra, so this first-run grant may fail with
+// "principal does not exist": running azd provision again then succeeds (docs/operations.md).
 module graphPermission 'app/graph-permission.bicep' = if (grantGraphPermission) {
   name: 'graphPermission'
   scope: rg
   params: {
     principalId: identity.outputs.principalId
+    appRoleValues: graphAppRoles
   }
 }
 
@@ -293,3 +425,5 @@ output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.applicationInsightsN
 output AZURE_MANAGED_IDENTITY_CLIENT_ID string = identity.outputs.clientId
 output AZURE_MANAGED_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId
 output BRIDGE_GRAPH_PERMISSION_GRANTED bool = grantGraphPermission
+// What grant-graph-permission.sh must grant for the enabled destinations (space-separated).
+output BRIDGE_GRAPH_APP_ROLES string = join(graphAppRoles, ' ')

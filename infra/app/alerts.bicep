@@ -1,6 +1,6 @@
-// Log alerts on the Application Insights component, one per failure mode in the runbook
-// (docs/operations.md). The KQL lives in infra/queries so the alerts, the workbook and the docs
-// run the same text.
+// Log alerts, one per failure mode in the runbook (docs/operations.md): on the Application Insights
+// component (its classic tables) and, with the logs destination, on the workspace (the custom
+// table). The KQL lives in infra/queries so the alerts, the workbook and the docs run the same text.
 
 @description('Azure region of the alert rules (the component\'s region).')
 param location string
@@ -10,6 +10,15 @@ param tags object
 
 @description('Name of the Application Insights component the rules query.')
 param applicationInsightsName string
+
+@description('Name of the Log Analytics workspace holding the logs destination\'s table.')
+param logAnalyticsName string
+
+@description('Whether the logs destination (and so its table) exists: only then is the silent-devices rule created.')
+param useLogs bool
+
+@description('How often Intune runs the detection scripts, as a KQL timespan literal such as 8h: a device is silent after twice this.')
+param scriptInterval string = '8h'
 
 @description('Prefix of the alert rule names.')
 param namePrefix string
@@ -30,6 +39,10 @@ param failedInvocationsThreshold int = 5
 
 resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing = {
   name: applicationInsightsName
+}
+
+resource workspace 'Microsoft.OperationalInsights/workspaces@2026-03-01' existing = {
+  name: logAnalyticsName
 }
 
 resource actionGroup 'Microsoft.Insights/actionGroups@2023-01-01' = if (!empty(alertEmail)) {
@@ -53,16 +66,19 @@ var actionGroupIds = empty(alertEmail) ? [] : [
   resourceId('Microsoft.Insights/actionGroups', actionGroupName)
 ]
 
-var rules = [
+// overrideQueryTimeRange: empty keeps the window; scope: the resource whose tables the query reads.
+var componentRules = [
   {
     name: 'poisoned'
     displayName: 'Bridge: reports dead-lettered'
-    description: 'A report went to compliance-results-poison. Runbook: docs/operations.md#poison-messages'
+    description: 'A report went to a destination\'s poison queue. Runbook: docs/operations.md#poison-messages'
     severity: 2
     query: loadTextContent('../queries/alert-poisoned.kql')
     threshold: 0
     evaluationFrequency: 'PT5M'
     windowSize: 'PT15M'
+    overrideQueryTimeRange: ''
+    scope: applicationInsights.id
   }
   {
     name: 'endpoint-unsupported'
@@ -73,6 +89,8 @@ var rules = [
     threshold: 0
     evaluationFrequency: 'PT15M'
     windowSize: 'PT1H'
+    overrideQueryTimeRange: ''
+    scope: applicationInsights.id
   }
   {
     name: 'graph-throttling'
@@ -83,6 +101,8 @@ var rules = [
     threshold: throttledRetriesThreshold
     evaluationFrequency: 'PT5M'
     windowSize: 'PT15M'
+    overrideQueryTimeRange: ''
+    scope: applicationInsights.id
   }
   {
     name: 'function-failures'
@@ -93,10 +113,30 @@ var rules = [
     threshold: failedInvocationsThreshold
     evaluationFrequency: 'PT5M'
     windowSize: 'PT15M'
+    overrideQueryTimeRange: ''
+    scope: applicationInsights.id
   }
 ]
 
-resource alertRules 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = [
+// Devices whose newest row is older than twice the script interval. A rule's query sees at most
+// its time range, so the rule looks back 2 days: it fires while a device has been silent between
+// 2x the interval and 2 days (the workbook's view lists older silence too).
+var silentDevicesRule = {
+  name: 'devices-silent'
+  displayName: 'Bridge: devices stopped reporting'
+  description: 'Devices sent no report for twice the script interval. Runbook: docs/operations.md#silent-devices'
+  severity: 3
+  query: replace(loadTextContent('../queries/alert-devices-silent.kql'), 'let scriptInterval = 8h;', 'let scriptInterval = ${scriptInterval};')
+  threshold: 0
+  evaluationFrequency: 'PT1H'
+  windowSize: 'PT1H'
+  overrideQueryTimeRange: 'P2D'
+  scope: useLogs ? workspace.id : ''
+}
+
+var rules = concat(componentRules, useLogs ? [silentDevicesRule] : [])
+
+resource alertRules 'Microsoft.Insights/scheduledQueryRules@2026-03-01' = [
   for rule in rules: {
     name: '${namePrefix}${rule.name}'
     location: location
@@ -112,9 +152,11 @@ resource alertRules 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = [
       enabled: true
       evaluationFrequency: rule.evaluationFrequency
       windowSize: rule.windowSize
-      // Component scope: the queries use the classic table names (customEvents, requests).
+      overrideQueryTimeRange: empty(rule.overrideQueryTimeRange) ? null : rule.overrideQueryTimeRange
+      // Component scope for the classic table names (customEvents, requests); workspace scope for
+      // the custom table.
       scopes: [
-        applicationInsights.id
+        rule.scope
       ]
       criteria: {
         allOf: [

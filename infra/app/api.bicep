@@ -47,13 +47,13 @@ param maximumInstanceCount int
 @description('Require a client certificate in the TLS handshake (mTLS) on this app.')
 param enforceClientCertificate bool
 
-@description('Versionless Key Vault URI of the HMAC secrets.')
-param hmacSecretUri string
+@description('Versionless Key Vault URI of the HMAC secrets; empty when hmac is not among the auth modes (then no Key Vault reference is set).')
+param hmacSecretUri string = ''
 
 @description('The bridge\'s own settings (BRIDGE_*), merged under the host settings below.')
 param bridgeSettings object
 
-resource storage 'Microsoft.Storage/storageAccounts@2025-01-01' existing = {
+resource storage 'Microsoft.Storage/storageAccounts@2026-04-01' existing = {
   name: storageAccountName
 }
 
@@ -95,19 +95,19 @@ resource site 'Microsoft.Web/sites@2025-03-01' = {
     keyVaultReferenceIdentity: identityId
     // Certificate mode (BRIDGE_AUTH_MODE contains `certificate`) needs the front end to demand a
     // client certificate and pass it on as X-ARR-ClientCert; `Required` is the only mode in which
-    // the TLS handshake proves the device holds the key. Whether Flex Consumption honours these
-    // settings is unconfirmed: main.bicep's certificateFront parameter moves the check to an
-    // external front instead (see docs/operations.md).
-    clientCertEnabled: enforceClientCertificate
-    clientCertMode: 'Required'
-    // The health probe answers without credentials, so it must not demand a certificate either.
-    clientCertExclusionPaths: '/api/health'
+    // the TLS handshake proves the device holds the key. Both properties are sent only then (null
+    // leaves them out). No exclusion paths: they force TLS renegotiation, which HTTP/2 and TLS 1.3
+    // cannot do and which breaks POSTs over about 100 KB (reports can be 2 MiB). Whether Flex
+    // Consumption honours these settings is unconfirmed: main.bicep's certificateFront parameter
+    // moves the check to an external front instead (see docs/operations.md).
+    clientCertEnabled: enforceClientCertificate ? true : null
+    clientCertMode: enforceClientCertificate ? 'Required' : null
     siteConfig: {
       // TLS 1.0/1.1 have known weaknesses and no agent needs them.
       minTlsVersion: '1.2'
       scmMinTlsVersion: '1.2'
-      // Code arrives only through the deployment container; FTP would be a second, weaker path.
-      ftpsState: 'Disabled'
+      // No ftpsState: Flex Consumption rejects it in newer regions (ARM 51021). FTP and SCM
+      // publishing with a password are off below (basicPublishingCredentialsPolicies).
       http20Enabled: true
     }
     functionAppConfig: {
@@ -169,15 +169,19 @@ var hostSettings = {
   PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'
   // azure-identity's ManagedIdentityCredential picks the user-assigned identity by its client id.
   AZURE_CLIENT_ID: identityClientId
-  // A Key Vault reference: the platform resolves it as keyVaultReferenceIdentity, so the secrets
-  // never appear in app settings, deployment history or this template.
+}
+
+// A Key Vault reference, only in hmac mode: the platform resolves it as keyVaultReferenceIdentity,
+// so the secrets never appear in app settings, deployment history or this template; in any other
+// mode an unresolved reference could only get in the way.
+var hmacSettings = empty(hmacSecretUri) ? {} : {
   BRIDGE_HMAC_SECRETS: '@Microsoft.KeyVault(SecretUri=${hmacSecretUri})'
 }
 
 resource appSettings 'Microsoft.Web/sites/config@2025-03-01' = {
   parent: site
   name: 'appsettings'
-  properties: union(bridgeSettings, hostSettings)
+  properties: union(bridgeSettings, hostSettings, hmacSettings)
 }
 
 output name string = site.name

@@ -17,7 +17,7 @@ param hmacSecretName string
 @description('Initial HMAC secrets (comma-separated); empty leaves the secret to be set after deployment.')
 param hmacSecrets string = ''
 
-resource vault 'Microsoft.KeyVault/vaults@2025-05-01' = {
+resource vault 'Microsoft.KeyVault/vaults@2026-02-01' = {
   name: name
   location: location
   tags: tags
@@ -42,7 +42,7 @@ resource vault 'Microsoft.KeyVault/vaults@2025-05-01' = {
 }
 
 // Created only when a value is supplied, so a redeploy without it never overwrites rotated secrets.
-resource hmacSecret 'Microsoft.KeyVault/vaults/secrets@2025-05-01' = if (!empty(hmacSecrets)) {
+resource hmacSecret 'Microsoft.KeyVault/vaults/secrets@2026-02-01' = if (!empty(hmacSecrets)) {
   parent: vault
   name: hmacSecretName
   properties: {

@@ -1,16 +1,14 @@
 // Every Azure role assignment of the deployment, each at the narrowest scope the platform honours.
-// Role definitions are built-in and their ids are the same in every tenant.
+// Role definitions are built-in and their ids are the same in every tenant; each role's name sits
+// next to its GUID below.
 
 @description('Name of the storage account.')
 param storageAccountName string
 
-@description('Queue the ingest function writes accepted reports to.')
-param queueName string
+@description('Destination queues of the enabled destinations; each has its <queue>-poison queue.')
+param queueNames array
 
-@description('Queue holding reports that could not be delivered.')
-param poisonQueueName string
-
-@description('Table holding the run state per (script, device).')
+@description('Table holding the run state per (script, device) and destination.')
 param runStateTableName string
 
 @description('Name of the Application Insights component.')
@@ -19,10 +17,19 @@ param applicationInsightsName string
 @description('Name of the key vault holding the HMAC secrets.')
 param keyVaultName string
 
+@description('Name of the logs destination\'s data collection rule; empty when that destination is off.')
+param dataCollectionRuleName string = ''
+
+@description('Whether hmac is among the auth modes: only then does anyone read or write the HMAC secrets.')
+param useHmac bool
+
 @description('Principal (object) id of the function app\'s user-assigned managed identity.')
+@minLength(36)
+@maxLength(36)
 param managedIdentityPrincipalId string
 
-@description('Principal id of the person or pipeline running the deployment (azd sets AZURE_PRINCIPAL_ID); empty grants nothing.')
+@description('Principal id of the operator who runs replay, status and doctor (azd sets AZURE_PRINCIPAL_ID); empty grants nothing.')
+@maxLength(36)
 param operatorPrincipalId string = ''
 
 @description('Kind of principal operatorPrincipalId is.')
@@ -33,41 +40,60 @@ param operatorPrincipalId string = ''
 ])
 param operatorPrincipalType string = 'User'
 
-// Role name next to its GUID, so a reviewer can check each grant without a lookup.
 var roles = {
   'Storage Blob Data Owner': 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
   'Storage Queue Data Contributor': '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
+  'Storage Queue Data Reader': '19e7f393-937e-4f77-808e-94535e297925'
+  'Storage Queue Data Message Sender': 'c6a89b2d-59bc-44d0-9896-0f6e12d7b80a'
+  'Storage Queue Data Message Processor': '8a0f0c08-91a1-4084-bc3d-661d67233fed'
   'Storage Table Data Contributor': '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
+  'Storage Table Data Reader': '76199698-9eea-4c19-bc75-cec21354c6b6'
   'Monitoring Metrics Publisher': '3913510d-42f4-4e42-8a64-420c390055eb'
   'Key Vault Secrets User': '4633458b-17de-408a-b874-0445c86b69e6'
   'Key Vault Secrets Officer': 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7'
 }
 
-resource storageAccount 'Microsoft.Storage/storageAccounts@2025-01-01' existing = {
+var hasOperator = !empty(operatorPrincipalId)
+var useLogs = !empty(dataCollectionRuleName)
+var poisonQueueNames = map(queueNames, queue => '${queue}-poison')
+var allQueueNames = concat(queueNames, poisonQueueNames)
+
+resource storageAccount 'Microsoft.Storage/storageAccounts@2026-04-01' existing = {
   name: storageAccountName
 }
 
-resource queueServices 'Microsoft.Storage/storageAccounts/queueServices@2025-01-01' existing = {
+resource queueServices 'Microsoft.Storage/storageAccounts/queueServices@2026-04-01' existing = {
   parent: storageAccount
   name: 'default'
 }
 
-resource queue 'Microsoft.Storage/storageAccounts/queueServices/queues@2025-01-01' existing = {
-  parent: queueServices
-  name: queueName
-}
+resource queues 'Microsoft.Storage/storageAccounts/queueServices/queues@2026-04-01' existing = [
+  for name in queueNames: {
+    parent: queueServices
+    name: name
+  }
+]
 
-resource poisonQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2025-01-01' existing = {
-  parent: queueServices
-  name: poisonQueueName
-}
+resource poisonQueues 'Microsoft.Storage/storageAccounts/queueServices/queues@2026-04-01' existing = [
+  for name in poisonQueueNames: {
+    parent: queueServices
+    name: name
+  }
+]
 
-resource tableServices 'Microsoft.Storage/storageAccounts/tableServices@2025-01-01' existing = {
+resource everyQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2026-04-01' existing = [
+  for name in allQueueNames: {
+    parent: queueServices
+    name: name
+  }
+]
+
+resource tableServices 'Microsoft.Storage/storageAccounts/tableServices@2026-04-01' existing = {
   parent: storageAccount
   name: 'default'
 }
 
-resource runStateTable 'Microsoft.Storage/storageAccounts/tableServices/tables@2025-01-01' existing = {
+resource runStateTable 'Microsoft.Storage/storageAccounts/tableServices/tables@2026-04-01' existing = {
   parent: tableServices
   name: runStateTableName
 }
@@ -76,12 +102,19 @@ resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing
   name: applicationInsightsName
 }
 
-resource vault 'Microsoft.KeyVault/vaults@2025-05-01' existing = {
+resource vault 'Microsoft.KeyVault/vaults@2026-02-01' existing = {
   name: keyVaultName
 }
 
+resource dataCollectionRule 'Microsoft.Insights/dataCollectionRules@2024-03-11' existing = if (useLogs) {
+  name: dataCollectionRuleName
+}
+
+// --- the function app's identity ------------------------------------------------------------
+
 // Account scope, not a container: the Functions host creates its own containers (leases, host
-// keys) at run time next to the deployment-package container, and needs to own blobs in each.
+// keys) at run time next to the deployment-package and claim-check containers, and needs to own
+// blobs in each.
 resource blobDataOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(storageAccount.id, managedIdentityPrincipalId, roles['Storage Blob Data Owner'])
   scope: storageAccount
@@ -89,32 +122,24 @@ resource blobDataOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles['Storage Blob Data Owner'])
     principalId: managedIdentityPrincipalId
     principalType: 'ServicePrincipal'
-    description: 'Functions host storage and the Flex Consumption deployment package'
+    description: 'Functions host storage, the deployment package and claim-check payloads'
   }
 }
 
-// Queue scope: the bridge and its queue trigger touch only the delivery queue and its poison queue.
-resource queueDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(queue.id, managedIdentityPrincipalId, roles['Storage Queue Data Contributor'])
-  scope: queue
-  properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles['Storage Queue Data Contributor'])
-    principalId: managedIdentityPrincipalId
-    principalType: 'ServicePrincipal'
-    description: 'Enqueue accepted reports, re-enqueue retries with a delay'
+// Queue scope: ingest enqueues, the trigger receives and deletes, retries re-enqueue with a delay,
+// the host dead-letters to the poison queue.
+resource queueDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
+  for (name, i) in allQueueNames: {
+    name: guid(everyQueue[i].id, managedIdentityPrincipalId, roles['Storage Queue Data Contributor'])
+    scope: everyQueue[i]
+    properties: {
+      roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles['Storage Queue Data Contributor'])
+      principalId: managedIdentityPrincipalId
+      principalType: 'ServicePrincipal'
+      description: 'Deliver through ${name}'
+    }
   }
-}
-
-resource poisonQueueDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(poisonQueue.id, managedIdentityPrincipalId, roles['Storage Queue Data Contributor'])
-  scope: poisonQueue
-  properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles['Storage Queue Data Contributor'])
-    principalId: managedIdentityPrincipalId
-    principalType: 'ServicePrincipal'
-    description: 'Dead-letter permanent failures with their reason'
-  }
-}
+]
 
 // Table scope: the run-state table is the only table the bridge uses.
 resource tableDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
@@ -124,7 +149,7 @@ resource tableDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-0
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles['Storage Table Data Contributor'])
     principalId: managedIdentityPrincipalId
     principalType: 'ServicePrincipal'
-    description: 'Latest accepted and delivered state per (script, device)'
+    description: 'Latest accepted and delivered state per (script, device) and destination'
   }
 }
 
@@ -140,10 +165,22 @@ resource metricsPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01' =
   }
 }
 
+// Rule scope: the Logs Ingestion API accepts rows for this one rule (the logs destination).
+resource logsPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (useLogs) {
+  name: guid(dataCollectionRule.id, managedIdentityPrincipalId, roles['Monitoring Metrics Publisher'])
+  scope: dataCollectionRule
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles['Monitoring Metrics Publisher'])
+    principalId: managedIdentityPrincipalId
+    principalType: 'ServicePrincipal'
+    description: 'Upload rows to the IntuneComplianceScriptState_CL stream'
+  }
+}
+
 // Vault scope rather than the secret: the secret may be created after the deployment (see
 // docs/operations.md), and a role on a missing secret cannot be assigned. The vault holds only
 // this bridge's secrets, so the reach is the same.
-resource secretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+resource secretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (useHmac) {
   name: guid(vault.id, managedIdentityPrincipalId, roles['Key Vault Secrets User'])
   scope: vault
   properties: {
@@ -154,8 +191,68 @@ resource secretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   }
 }
 
-// The operator sets and rotates the HMAC secrets; nobody else needs to write them.
-resource operatorSecretsOfficer 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(operatorPrincipalId)) {
+// --- the operator ---------------------------------------------------------------------------
+// What the runbook's commands need and nothing more (none of them creates anything):
+// replay receives and deletes poison messages and sends them to the destination queue; status
+// peeks every queue, reads its properties and reads the run-state table; doctor reads the table
+// and may peek queues. Rotating the HMAC secrets needs the vault's Secrets Officer.
+
+// Peek messages and read the approximate message count of every queue (status, doctor).
+resource operatorQueueReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
+  for (name, i) in allQueueNames: if (hasOperator) {
+    name: guid(everyQueue[i].id, operatorPrincipalId, roles['Storage Queue Data Reader'])
+    scope: everyQueue[i]
+    properties: {
+      roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles['Storage Queue Data Reader'])
+      principalId: operatorPrincipalId
+      principalType: operatorPrincipalType
+      description: 'Peek ${name} and read its depth (status, doctor)'
+    }
+  }
+]
+
+// Receive and delete dead letters (replay).
+resource operatorPoisonProcessor 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
+  for (name, i) in poisonQueueNames: if (hasOperator) {
+    name: guid(poisonQueues[i].id, operatorPrincipalId, roles['Storage Queue Data Message Processor'])
+    scope: poisonQueues[i]
+    properties: {
+      roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles['Storage Queue Data Message Processor'])
+      principalId: operatorPrincipalId
+      principalType: operatorPrincipalType
+      description: 'Receive and remove dead letters of ${name} when replaying them'
+    }
+  }
+]
+
+// Put replayed reports back on their destination queue (replay).
+resource operatorQueueSender 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
+  for (name, i) in queueNames: if (hasOperator) {
+    name: guid(queues[i].id, operatorPrincipalId, roles['Storage Queue Data Message Sender'])
+    scope: queues[i]
+    properties: {
+      roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles['Storage Queue Data Message Sender'])
+      principalId: operatorPrincipalId
+      principalType: operatorPrincipalType
+      description: 'Send replayed reports to ${name}'
+    }
+  }
+]
+
+// Read the run state, the 429 gate and budget rows (status, doctor); never write them.
+resource operatorTableReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (hasOperator) {
+  name: guid(runStateTable.id, operatorPrincipalId, roles['Storage Table Data Reader'])
+  scope: runStateTable
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles['Storage Table Data Reader'])
+    principalId: operatorPrincipalId
+    principalType: operatorPrincipalType
+    description: 'Read the run-state table (status, doctor)'
+  }
+}
+
+// Set and rotate the HMAC secrets; nobody else needs to write them.
+resource operatorSecretsOfficer 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (hasOperator && useHmac) {
   name: guid(vault.id, operatorPrincipalId, roles['Key Vault Secrets Officer'])
   scope: vault
   properties: {
@@ -163,28 +260,5 @@ resource operatorSecretsOfficer 'Microsoft.Authorization/roleAssignments@2022-04
     principalId: operatorPrincipalId
     principalType: operatorPrincipalType
     description: 'Set and rotate the HMAC secrets'
-  }
-}
-
-// The operator replays dead letters once their cause is fixed (the replay command, see README).
-resource operatorPoisonQueue 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(operatorPrincipalId)) {
-  name: guid(poisonQueue.id, operatorPrincipalId, roles['Storage Queue Data Contributor'])
-  scope: poisonQueue
-  properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles['Storage Queue Data Contributor'])
-    principalId: operatorPrincipalId
-    principalType: operatorPrincipalType
-    description: 'Read and remove dead letters when replaying them'
-  }
-}
-
-resource operatorQueue 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(operatorPrincipalId)) {
-  name: guid(queue.id, operatorPrincipalId, roles['Storage Queue Data Contributor'])
-  scope: queue
-  properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles['Storage Queue Data Contributor'])
-    principalId: operatorPrincipalId
-    principalType: operatorPrincipalType
-    description: 'Put replayed reports back on the delivery queue'
   }
 }

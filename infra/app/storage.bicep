@@ -1,5 +1,7 @@
-// Storage for the Functions host, the deployment package, the delivery queues and the run-state
-// table. Reached only with Microsoft Entra ID (the managed identity); account keys are disabled.
+// Storage for the Functions host, the deployment package, the destination queues, the run-state
+// table and the claim-check payloads. Reached only with Microsoft Entra ID; account keys are disabled.
+// Every queue, table and container the bridge uses is declared here: in Azure the app does not
+// create them (a role scoped to one table is not documented to allow Create Table).
 
 @description('Name of the storage account (3-24 lowercase letters and digits).')
 param name string
@@ -13,16 +15,16 @@ param tags object
 @description('Blob container that Flex Consumption deploys the app package from.')
 param deploymentContainerName string
 
-@description('Queue the ingest function writes accepted reports to.')
-param queueName string
+@description('Blob container holding reports too large for a queue message (claim check).')
+param payloadContainerName string
 
-@description('Queue that holds reports which could not be delivered (dead letters).')
-param poisonQueueName string
+@description('Destination queues (one per destination); each gets its <queue>-poison queue, where the queue trigger dead-letters.')
+param queueNames array
 
 @description('Table holding the latest accepted and delivered state per (script, device).')
 param runStateTableName string
 
-resource storage 'Microsoft.Storage/storageAccounts@2025-01-01' = {
+resource storage 'Microsoft.Storage/storageAccounts@2026-04-01' = {
   name: name
   location: location
   tags: tags
@@ -53,12 +55,12 @@ resource storage 'Microsoft.Storage/storageAccounts@2025-01-01' = {
 
 // Children are declared with `parent` rather than nested: pycep-parser, which the infra tests use,
 // keeps only the last of several nested siblings.
-resource blobServices 'Microsoft.Storage/storageAccounts/blobServices@2025-01-01' = {
+resource blobServices 'Microsoft.Storage/storageAccounts/blobServices@2026-04-01' = {
   parent: storage
   name: 'default'
 }
 
-resource deploymentContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2025-01-01' = {
+resource deploymentContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2026-04-01' = {
   parent: blobServices
   name: deploymentContainerName
   properties: {
@@ -66,27 +68,35 @@ resource deploymentContainer 'Microsoft.Storage/storageAccounts/blobServices/con
   }
 }
 
-resource queueServices 'Microsoft.Storage/storageAccounts/queueServices@2025-01-01' = {
+resource payloadContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2026-04-01' = {
+  parent: blobServices
+  name: payloadContainerName
+  properties: {
+    publicAccess: 'None'
+  }
+}
+
+resource queueServices 'Microsoft.Storage/storageAccounts/queueServices@2026-04-01' = {
   parent: storage
   name: 'default'
 }
 
-resource queue 'Microsoft.Storage/storageAccounts/queueServices/queues@2025-01-01' = {
-  parent: queueServices
-  name: queueName
-}
+// The Functions host moves a message to <queue>-poison after maxDequeueCount tries.
+var allQueueNames = concat(queueNames, map(queueNames, queue => '${queue}-poison'))
 
-resource poisonQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2025-01-01' = {
-  parent: queueServices
-  name: poisonQueueName
-}
+resource queues 'Microsoft.Storage/storageAccounts/queueServices/queues@2026-04-01' = [
+  for name in allQueueNames: {
+    parent: queueServices
+    name: name
+  }
+]
 
-resource tableServices 'Microsoft.Storage/storageAccounts/tableServices@2025-01-01' = {
+resource tableServices 'Microsoft.Storage/storageAccounts/tableServices@2026-04-01' = {
   parent: storage
   name: 'default'
 }
 
-resource runStateTable 'Microsoft.Storage/storageAccounts/tableServices/tables@2025-01-01' = {
+resource runStateTable 'Microsoft.Storage/storageAccounts/tableServices/tables@2026-04-01' = {
   parent: tableServices
   name: runStateTableName
 }

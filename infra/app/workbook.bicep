@@ -1,6 +1,7 @@
 // A shared workbook on the Application Insights component: detection states per script, delivery
-// latency, and outcomes with their reasons over time. Each tile runs a query from infra/queries,
-// the same text the docs show.
+// latency, and outcomes with their reasons over time; with the logs destination also a compliance
+// view over its table in the workspace. Each tile runs a query from infra/queries, the same text
+// the docs show.
 
 @description('Azure region of the workbook.')
 param location string
@@ -11,6 +12,15 @@ param tags object
 @description('Name of the Application Insights component the workbook reads.')
 param applicationInsightsName string
 
+@description('Name of the Log Analytics workspace holding the logs destination\'s table.')
+param logAnalyticsName string
+
+@description('Whether the logs destination (and so its table) exists: only then are the compliance tiles added.')
+param useLogs bool
+
+@description('How often Intune runs the detection scripts, as a KQL timespan literal such as 8h.')
+param scriptInterval string = '8h'
+
 @description('Title shown in the portal\'s workbook gallery.')
 param displayName string
 
@@ -18,7 +28,12 @@ resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing
   name: applicationInsightsName
 }
 
+resource workspace 'Microsoft.OperationalInsights/workspaces@2026-03-01' existing = {
+  name: logAnalyticsName
+}
+
 var componentType = 'microsoft.insights/components'
+var workspaceType = 'microsoft.operationalinsights/workspaces'
 
 var tiles = [
   {
@@ -43,6 +58,28 @@ var tiles = [
     name: 'reasons'
     title: 'Reasons reports were ignored, retried, rejected or dead-lettered'
     query: loadTextContent('../queries/workbook-reasons.kql')
+    visualization: 'table'
+  }
+]
+
+// The compliance view: the logs destination's table, queried in the workspace.
+var complianceTiles = [
+  {
+    name: 'compliance-states-over-time'
+    title: 'Devices per script and detection state over time'
+    query: loadTextContent('../queries/workbook-compliance-states-over-time.kql')
+    visualization: 'timechart'
+  }
+  {
+    name: 'compliance-latest'
+    title: 'Newest state per device'
+    query: loadTextContent('../queries/workbook-compliance-latest.kql')
+    visualization: 'table'
+  }
+  {
+    name: 'compliance-silent'
+    title: 'Devices silent for more than twice the script interval'
+    query: replace(loadTextContent('../queries/workbook-compliance-silent.kql'), 'let scriptInterval = 8h;', 'let scriptInterval = ${scriptInterval};')
     visualization: 'table'
   }
 ]
@@ -98,6 +135,26 @@ var queryItems = [
   }
 ]
 
+var complianceItems = [
+  for tile in complianceTiles: {
+    type: 3
+    name: tile.name
+    content: {
+      version: 'KqlItem/1.0'
+      title: tile.title
+      query: tile.query
+      size: 0
+      queryType: 0
+      resourceType: workspaceType
+      crossComponentResources: [
+        workspace.id
+      ]
+      timeContextFromParameter: 'TimeRange'
+      visualization: tile.visualization
+    }
+  }
+]
+
 var workbookContent = {
   version: 'Notebook/1.0'
   isLocked: false
@@ -115,7 +172,8 @@ var workbookContent = {
       }
       timeRangeParameter
     ],
-    queryItems
+    queryItems,
+    useLogs ? complianceItems : []
   )
 }
 

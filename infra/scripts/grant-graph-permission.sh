@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Grant the bridge's managed identity Microsoft Graph's DeviceManagementConfiguration.ReadWrite.All
-# application permission: the fallback for deployers who cannot use main.bicep's
-# grantGraphPermission (it needs Entra rights the deployer may not hold).
+# Grant the bridge's managed identity its Microsoft Graph application permissions:
+# DeviceManagementConfiguration.ReadWrite.All (the graph destination's run-state PATCH) and, when the
+# entra destination is enabled, Device.ReadWrite.All (its extension-attribute PATCH). The fallback
+# for deployers who cannot use main.bicep's grantGraphPermission (it needs Entra rights the
+# deployer may not hold).
 #
 # Run by someone with AppRoleAssignment.ReadWrite.All + Application.Read.All (for example a
 # Privileged Role Administrator), signed in with `az login` to the tenant's cloud
@@ -10,12 +12,20 @@
 # Usage: grant-graph-permission.sh [PRINCIPAL_ID]
 #   PRINCIPAL_ID  object id of the managed identity; defaults to $AZURE_MANAGED_IDENTITY_PRINCIPAL_ID
 #                 (an output of the deployment: `azd env get-value AZURE_MANAGED_IDENTITY_PRINCIPAL_ID`)
+#   BRIDGE_DESTINATIONS  the app setting's value (default graph); `entra` among them adds
+#                 Device.ReadWrite.All
 # Safe to re-run: an existing assignment is reported and left alone.
 set -euo pipefail
 
 principal_id="${1:-${AZURE_MANAGED_IDENTITY_PRINCIPAL_ID:-}}"
-role_value="DeviceManagementConfiguration.ReadWrite.All"
+destinations="${BRIDGE_DESTINATIONS:-graph}"
 graph_app_id="00000003-0000-0000-c000-000000000000" # Microsoft Graph, the same in every tenant
+
+role_values=("DeviceManagementConfiguration.ReadWrite.All")
+# The list is split like the app splits it: commas, semicolons or blanks.
+if [[ ",${destinations//[;[:space:]]/,}," == *",entra,"* ]]; then
+  role_values+=("Device.ReadWrite.All")
+fi
 
 if [[ -z "$principal_id" ]]; then
   echo "usage: $0 PRINCIPAL_ID (or set AZURE_MANAGED_IDENTITY_PRINCIPAL_ID)" >&2
@@ -34,28 +44,35 @@ graph_sp_id="$(az rest --method get \
   --url "$graph/servicePrincipals(appId='$graph_app_id')" \
   --query id --output tsv)"
 
-# Resolve the app role by its name, not a copied GUID.
-app_role_id="$(az rest --method get \
-  --url "$graph/servicePrincipals(appId='$graph_app_id')" \
-  --query "appRoles[?value=='$role_value' && contains(allowedMemberTypes, 'Application')].id | [0]" \
-  --output tsv)"
-if [[ -z "$app_role_id" ]]; then
-  echo "Graph has no application role named $role_value in this tenant" >&2
-  exit 1
-fi
+grant() {
+  local role_value="$1" app_role_id existing
+  # Resolve the app role by its name, not a copied GUID.
+  app_role_id="$(az rest --method get \
+    --url "$graph/servicePrincipals(appId='$graph_app_id')" \
+    --query "appRoles[?value=='$role_value' && contains(allowedMemberTypes, 'Application')].id | [0]" \
+    --output tsv)"
+  if [[ -z "$app_role_id" ]]; then
+    echo "Graph has no application role named $role_value in this tenant" >&2
+    return 1
+  fi
 
-existing="$(az rest --method get \
-  --url "$graph/servicePrincipals/$principal_id/appRoleAssignments" \
-  --query "value[?appRoleId=='$app_role_id' && resourceId=='$graph_sp_id'].id | [0]" \
-  --output tsv)"
-if [[ -n "$existing" ]]; then
-  echo "$role_value is already granted to $principal_id (assignment $existing)"
-  exit 0
-fi
+  existing="$(az rest --method get \
+    --url "$graph/servicePrincipals/$principal_id/appRoleAssignments" \
+    --query "value[?appRoleId=='$app_role_id' && resourceId=='$graph_sp_id'].id | [0]" \
+    --output tsv)"
+  if [[ -n "$existing" ]]; then
+    echo "$role_value is already granted to $principal_id (assignment $existing)"
+    return 0
+  fi
 
-az rest --method post \
-  --url "$graph/servicePrincipals/$principal_id/appRoleAssignments" \
-  --headers "Content-Type=application/json" \
-  --body "{\"principalId\":\"$principal_id\",\"resourceId\":\"$graph_sp_id\",\"appRoleId\":\"$app_role_id\"}" \
-  --output none
-echo "granted $role_value ($app_role_id) to $principal_id; tokens issued before now lack it until they expire"
+  az rest --method post \
+    --url "$graph/servicePrincipals/$principal_id/appRoleAssignments" \
+    --headers "Content-Type=application/json" \
+    --body "{\"principalId\":\"$principal_id\",\"resourceId\":\"$graph_sp_id\",\"appRoleId\":\"$app_role_id\"}" \
+    --output none
+  echo "granted $role_value ($app_role_id) to $principal_id; tokens issued before now lack it until they expire"
+}
+
+for role_value in "${role_values[@]}"; do
+  grant "$role_value"
+done
