@@ -43,7 +43,7 @@ SETTINGS = {
     "BRIDGE_GRAPH_READ_TIMEOUT": "1",
     "BRIDGE_GRAPH_CONNECT_TIMEOUT": "1",
     # Must outlast a write Graph applies after the client gave up (the 2 s slow answers below).
-    "BRIDGE_DELIVERY_LEASE": "5s",
+    "BRIDGE_DELIVERY_LEASE": "6s",  # more than connect + read timeout + the 3 s budget wait
     "BRIDGE_GRAPH_WRITES_PER_SECOND": str(WRITES_PER_SECOND),
     "BRIDGE_DEVICE_RATE_LIMIT": "0",
     "BRIDGE_MAX_ATTEMPTS": "60",

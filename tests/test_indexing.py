@@ -30,7 +30,12 @@ ROOT = Path(__file__).resolve().parent.parent
 # The one place the queue triggers are listed: function name -> queue it listens on. One per
 # destination queue (compliance-results for graph; compliance-logs, compliance-entra when the
 # destinations land in function_app.py): extend this mapping, every assertion follows.
-QUEUE_FUNCTIONS = {"deliver": "compliance-results"}
+# One queue trigger per destination (shared.store.QUEUES).
+QUEUE_FUNCTIONS = {
+    "deliver_graph": "compliance-results",
+    "deliver_logs": "compliance-logs",
+    "deliver_entra": "compliance-entra",
+}
 ALL_METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
 HTTP_FUNCTIONS = {
     "ingest": ("v1/compliance-script-results", ALL_METHODS),

@@ -621,8 +621,8 @@ def test_every_queue_table_and_container_is_declared() -> None:
 def test_the_names_are_the_codes() -> None:
     from shared import store
 
-    graph = DESTINATION_QUEUES["graph"]
-    assert (graph, f"{graph}-poison") == (store.QUEUE, store.POISON_QUEUE)
+    assert store.QUEUES == DESTINATION_QUEUES
+    assert all(store.poison_queue(d) == f"{q}-poison" for d, q in DESTINATION_QUEUES.items())
     assert (store.TABLE, store.PAYLOAD_CONTAINER) == ("runstates", "compliance-payloads")
 
 
