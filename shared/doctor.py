@@ -84,6 +84,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help=f"also PATCH the run state of the test device {PROBE_DEVICE_ID} (writes to Graph)",
     )
+    parser.add_argument(
+        "--device",
+        action="append",
+        metavar="ID",
+        help="Intune managedDevice id to look up in Entra (the entra destination; repeatable)",
+    )
     parser.add_argument("--json", action="store_true", help="print the checks as one JSON object")
 
 
@@ -95,6 +101,7 @@ def run_checks(
     scripts: list[str] | None = None,
     *,
     probe_write: bool = False,
+    devices: list[str] | None = None,
 ) -> Iterator[Check]:
     """Every check in order; later ones are skipped when what they need failed."""
     try:
@@ -120,6 +127,9 @@ def run_checks(
     if token_check.verdict != FAIL or principal is not None:
         yield from _graph_checks(settings, bridge, script_ids, principal, probe_write)
     yield from _storage_checks(settings, bridge)
+    from shared.doctor_destinations import destination_checks
+
+    yield from destination_checks(settings, bridge, devices, Check)
 
 
 def _settings_checks(settings: Settings, environ: Mapping[str, str]) -> Iterator[Check]:
@@ -221,7 +231,7 @@ def _credential_name(settings: Settings) -> str:
     return "the system-assigned managed identity"
 
 
-def _error_text(exc: BaseException) -> str:
+def error_text(exc: BaseException) -> str:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return clean(f"{type(exc).__name__}: {first}" if first else type(exc).__name__)
 
@@ -236,7 +246,7 @@ def _token_check(settings: Settings, bridge: Any) -> tuple[Check, str | None]:
                 "token",
                 FAIL,
                 f"no token for {settings.graph_scope} from {_credential_name(settings)}: "
-                f"{_error_text(exc)}",
+                f"{error_text(exc)}",
                 "in Azure, check the app runs as the identity AZURE_CLIENT_ID names; locally, "
                 "set IDENTITY_ENDPOINT/IDENTITY_HEADER (the identity emulator) or use "
                 "BRIDGE_CREDENTIAL=default after az login",
@@ -475,7 +485,7 @@ def _storage_checks(settings: Settings, bridge: Any) -> Iterator[Check]:
             "storage",
             FAIL,
             f"reachable, but a queue, the table {TABLE} or the container {PAYLOAD_CONTAINER} "
-            f"does not exist ({_error_text(exc)})",
+            f"does not exist ({error_text(exc)})",
             "azd provision creates them; locally the host creates them when it starts",
         )
         return
@@ -493,7 +503,7 @@ def _storage_checks(settings: Settings, bridge: Any) -> Iterator[Check]:
         yield Check(
             "storage",
             FAIL,
-            f"could not reach storage ({where}): {_error_text(exc)}",
+            f"could not reach storage ({where}): {error_text(exc)}",
             f"check {where} and that this machine can reach the storage account",
         )
         return
@@ -537,7 +547,10 @@ def main(args: argparse.Namespace, out: TextIO | None = None, environ: Any = Non
     """Run every check and print the verdicts; 0 only when nothing FAILs."""
     out = out or sys.stdout
     checks = run_checks(
-        os.environ if environ is None else environ, args.script, probe_write=args.probe_write
+        os.environ if environ is None else environ,
+        args.script,
+        probe_write=args.probe_write,
+        devices=args.device,
     )
     if args.json:
         seen = list(checks)

@@ -17,7 +17,7 @@ import pytest
 
 from shared.doctor import PROBE_DEVICE_ID, REQUIRED_ROLE, token_claims
 from tests.conftest import IDENTITY_HEADER
-from tests.stack import ROOT, SCRIPT, Emulator, StorageView, host_env
+from tests.stack import ROOT, SCRIPT, Emulator, LogsEmulator, StorageView, host_env
 
 ROUTE_REFUSED = {
     "status": 400,
@@ -248,3 +248,39 @@ def test_token_claims_reads_a_payload_without_verifying_it() -> None:
     assert token_claims("opaque-token") is None
     assert token_claims("a.%%%.c") is None
     assert token_claims(f"a.{part([1, 2])}.c") is None
+
+
+def test_the_logs_and_entra_destinations_are_checked_end_to_end(
+    queue_env: dict[str, str], emulators: tuple[Emulator, Emulator], logs_emulator: LogsEmulator
+) -> None:
+    graph, identity = emulators
+    logs_emulator.reset()
+    graph.post("config", {"autoRegisterDevices": True})
+    identity.post(
+        "config", {"roles": ["DeviceManagementConfiguration.ReadWrite.All", "Device.ReadWrite.All"]}
+    )
+    env = {
+        **queue_env,
+        **logs_emulator.settings(),
+        "BRIDGE_DESTINATIONS": "graph,logs,entra",
+        "BRIDGE_ENTRA_ATTRIBUTES": f"{SCRIPT}=1",
+    }
+    device = "0f8fad5b-d9cb-469f-a165-70867728950e"
+    run = doctor(env, "--device", device)
+    assert run.code == 0, run.out + run.err
+    assert "monitor.azure.com" in run.reason("PASS", "logs token")
+    assert "empty batch" in run.reason("PASS", "logs rule")
+    assert "Device.ReadWrite.All" in run.reason("PASS", "entra role")
+    assert device in run.reason("PASS", "entra lookup")
+    assert logs_emulator.rows() == []  # the probe stored nothing
+
+    wrong = {**env, "BRIDGE_LOGS_RULE_ID": "dcr-" + "0" * 32}
+    run = doctor(wrong, "--device", device)
+    assert run.code == 1
+    assert "404" in run.reason("FAIL", "logs rule")
+
+    identity.post("config", {"roles": ["DeviceManagementConfiguration.ReadWrite.All"]})
+    run = doctor(env)
+    assert "lacks Device.ReadWrite.All" in run.reason("FAIL", "entra role")
+    assert "no device" in run.reason("WARN", "entra lookup")
+    assert "doctor --device" in run.out

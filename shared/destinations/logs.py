@@ -70,7 +70,8 @@ class LogsTable:
         # The library sends a token over plain HTTP only when each call says so: the local
         # emulator on a loopback address, never anything else.
         parts = urlsplit(endpoint)
-        self._local = parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost")
+        local = parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost")
+        self.extra: dict[str, Any] = {"enforce_https": False} if local else {}
 
     def wants(self, script_id: str) -> bool:
         return True
@@ -87,10 +88,13 @@ class LogsTable:
                 failed[id(logged)] = result
 
         started = time.monotonic()
-        extra = {"enforce_https": False} if self._local else {}
         try:
             self.client.upload(
-                rule_id=self.rule_id, stream_name=self.stream, logs=rows, on_error=on_error, **extra
+                rule_id=self.rule_id,
+                stream_name=self.stream,
+                logs=rows,
+                on_error=on_error,
+                **self.extra,
             )
         except ClientAuthenticationError:
             return [Written(_transient("token_unavailable", started))] * len(items)
