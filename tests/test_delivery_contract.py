@@ -230,3 +230,36 @@ def test_waiting_for_budget_books_a_slot_and_comes_back_for_it(
     assert again["slotAt"] >= started + 4
     assert abs(delay - (again["slotAt"] - started)) < 1
     assert graph.requests() == []
+
+
+def test_two_reports_of_one_version_at_once_get_one_acceptance_and_one_duplicate(
+    storage: StorageView,
+) -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from shared.policy import Acceptance
+    from shared.store import RunStateStore
+
+    version = "2026-11-28T10:00:02.000000Z"
+    both_read = threading.Barrier(2)
+
+    def accept(report_id: str) -> Acceptance:
+        # Two instances: both read the row before either writes (the race at ingest).
+        store = RunStateStore(storage.storage.table)
+        real_read, reads = store.read, []
+
+        def read(*args: Any) -> Any:
+            row = real_read(*args)
+            reads.append(row)
+            if len(reads) == 1:
+                both_read.wait(timeout=10)
+            return row
+
+        store.read = read  # type: ignore[method-assign]
+        return store.accept(SCRIPT, DEVICE, version, report_id, "success").acceptance
+
+    with ThreadPoolExecutor(2) as pool:
+        answers = sorted(pool.map(accept, ["first", "second"]))
+    assert answers == [Acceptance.DUPLICATE, Acceptance.NEW]
+    assert storage.row(SCRIPT, DEVICE)["AcceptedAt"] == version

@@ -104,3 +104,52 @@ def test_both_modes_need_storage() -> None:
     assert load().delivery_mode == "queue"
     identity_based = Settings.from_env({"AzureWebJobsStorage__accountName": "stbridge"})
     assert identity_based.storage_connection is None
+
+
+@pytest.mark.parametrize(
+    ("mode", "lease", "ok"),
+    [
+        ("queue", "21s", False),  # 3.05 + 15 + the 3 s budget wait = 21.05 s
+        ("queue", "22s", True),
+        ("sync", "28s", False),  # sync waits up to BRIDGE_SYNC_MAX_WAIT (10 s) for budget
+        ("sync", "29s", True),
+    ],
+)
+def test_the_lease_must_outlast_one_write(mode: str, lease: str, ok: bool) -> None:
+    values = {"BRIDGE_DELIVERY_MODE": mode, "BRIDGE_DELIVERY_LEASE": lease}
+    if ok:
+        assert load(**values).delivery_lease.total_seconds() == float(lease[:-1])
+    else:
+        with pytest.raises(SettingsError, match="BRIDGE_DELIVERY_LEASE must outlast one write"):
+            load(**values)
+
+
+def test_destination_settings_are_required_only_with_their_destination() -> None:
+    assert load().destinations == ("graph",)
+    with pytest.raises(SettingsError, match="BRIDGE_LOGS_ENDPOINT, BRIDGE_LOGS_RULE_ID"):
+        load(BRIDGE_DESTINATIONS="graph,logs")
+    with pytest.raises(SettingsError, match="BRIDGE_ENTRA_ATTRIBUTES"):
+        load(BRIDGE_DESTINATIONS="entra")
+    with pytest.raises(SettingsError, match="must list one or more of graph, logs, entra"):
+        load(BRIDGE_DESTINATIONS="graph,teams")
+    settings = load(
+        BRIDGE_DESTINATIONS="logs, entra",
+        BRIDGE_LOGS_ENDPOINT="https://dcr-x.westeurope-1.ingest.monitor.azure.com/",
+        BRIDGE_LOGS_RULE_ID="dcr-" + "a" * 32,
+        BRIDGE_ENTRA_ATTRIBUTES="3C9E7A1D-5B2F-4E8C-A6D4-1F0B9E8C7A25=15",
+        BRIDGE_GRAPH_CLOUD="USGovL4",
+    )
+    assert settings.destinations == ("logs", "entra")
+    assert settings.logs_endpoint == "https://dcr-x.westeurope-1.ingest.monitor.azure.com"
+    assert settings.entra_attributes == {"3c9e7a1d-5b2f-4e8c-a6d4-1f0b9e8c7a25": 15}
+    assert settings.monitor_scope == "https://monitor.azure.us/.default"
+    assert settings.graph_v1_url == "https://graph.microsoft.us/v1.0"
+    for bad in (
+        "x=1",
+        "3c9e7a1d-5b2f-4e8c-a6d4-1f0b9e8c7a25=16",
+        "3c9e7a1d-5b2f-4e8c-a6d4-1f0b9e8c7a25",
+    ):
+        with pytest.raises(SettingsError, match="BRIDGE_ENTRA_ATTRIBUTES"):
+            load(BRIDGE_DESTINATIONS="entra", BRIDGE_ENTRA_ATTRIBUTES=bad)
+    with pytest.raises(SettingsError, match="BRIDGE_LOGS_RULE_ID"):
+        load(BRIDGE_LOGS_RULE_ID="not-a-dcr")
