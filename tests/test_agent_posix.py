@@ -1252,3 +1252,39 @@ def test_reports_go_through_the_configured_proxy_and_a_407_keeps_them(
         proxy.stop()
     assert sent_ids(bridge) == ["x-1", "x-2"]
     assert proxy.seen[-1] == bridge.url + "/api/v1/compliance-script-results"
+
+
+def test_a_retry_after_a_run_could_not_wait_for_holds_later_runs_back(
+    make_agent: AgentFactory, scripted: BridgeFactory
+) -> None:
+    bridge = scripted((429, {"Retry-After": "3"}, problem(429, "rate-limited")))
+    agent = make_agent()
+    agent.configure(AGENT_BRIDGE_URL=bridge.url, AGENT_DEVICE_ID=DEVICE, AGENT_HMAC_SECRET=SECRET)
+    first = submit(agent, "w-1", AGENT_MAX_RETRY_AFTER="1")
+    assert first.returncode == SPOOLED, first.stderr
+    assert agent.status()["retryNotBefore"] >= time.time() + 1
+    second = submit(agent, "w-2")
+    assert second.returncode == SPOOLED, second.stderr
+    assert "the bridge asked to wait (Retry-After)" in second.stderr
+    assert len(bridge.seen) == 1
+    time.sleep(3.5)
+    third = agent("flush")
+    assert third.returncode == 0, third.stderr
+    assert sent_ids(bridge) == ["w-1", "w-1", "w-2"]
+    assert agent.status()["retryNotBefore"] == 0
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_report_spooled_by_agent_1_0_is_sent_first_and_aged_from_now(
+    shell: str, make_agent: AgentFactory, scripted: BridgeFactory
+) -> None:
+    bridge = scripted()
+    agent = make_agent(shell)
+    agent.configure(AGENT_BRIDGE_URL=bridge.url, AGENT_DEVICE_ID=DEVICE, AGENT_HMAC_SECRET=SECRET)
+    agent.spool.mkdir()
+    legacy = VECTORS[0]
+    (agent.spool / f"0000000007-{legacy.webhook_id}.json").write_bytes(legacy.body_bytes)
+    done = submit(agent, "n-1", AGENT_MAX_AGE="60")
+    assert done.returncode == 0, done.stderr
+    assert sent_ids(bridge) == [legacy.webhook_id, "n-1"]
+    assert "from an older agent: its age is counted from now" in done.stderr
