@@ -34,13 +34,23 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from standardwebhooks.webhooks import Webhook
 
-from tests.agent_vectors import ANSWERS, REJECTED_URLS, URLS, VECTORS, Answer, UrlCase, Vector
+from tests.agent_vectors import (
+    ANSWER_FILE,
+    ANSWERS,
+    REJECTED_URLS,
+    URLS,
+    VECTORS,
+    Answer,
+    UrlCase,
+    Vector,
+)
 from tests.certs import trusted
 from tests.stack import DEVICE, ROOT, SCRIPT, Emulator, HostFactory, StorageView, wait_for
 
 AGENT = ROOT / "agents" / "posix" / "compliance-agent.sh"
 SHELLS = ["dash", "bash"]
 EXIT_BUSY = 4
+SPOOL_NAMES = json.loads(ANSWER_FILE.read_text())["spoolNames"]
 TRIALS = int(os.environ.get("AGENT_RACE_TRIALS", "8"))  # concurrent-run trials per shell
 SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
 RUN_STATE = f"{SCRIPT}:{DEVICE}"
@@ -820,6 +830,9 @@ def test_foreign_files_in_the_spool_are_ignored(
         ".DS_Store": "",
         "9999999999.json": "{}",
     }
+    for case in SPOOL_NAMES:  # the foreign names of agents/answer-vectors.json too
+        if not case["own"] and case["name"] != "status.json":
+            foreign.setdefault(case["name"], "{}")
     for name, content in foreign.items():
         (agent.spool / name).write_text(content)
     (agent.spool / "sub.json").mkdir()

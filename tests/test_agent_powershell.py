@@ -248,7 +248,8 @@ def check(name: str, steps: list[Step]) -> None:
     assert body_statements(function(name)) == [step.powershell for step in steps], name
 
 
-REFUSED_STATUSES = [int(n) for n in re.findall(r"\d+", script_value("RefusedStatuses"))]
+def refused_statuses() -> list[int]:
+    return [int(n) for n in re.findall(r"\d+", script_value("RefusedStatuses"))]
 
 
 def _slug(v: Scope) -> None:
@@ -267,7 +268,7 @@ def _graph(v: Scope) -> None:
 
 
 def _refused(v: Scope) -> None:
-    if v["Status"] in REFUSED_STATUSES:
+    if v["Status"] in refused_statuses():
         v["return"] = "refused"
 
 
@@ -290,7 +291,7 @@ ANSWER_ACTION = [
 
 def test_the_refused_statuses_are_the_contracts_four() -> None:
     assert script_value("RefusedStatuses") == "@(400, 413, 415, 422)"
-    assert REFUSED_STATUSES == [400, 413, 415, 422]
+    assert refused_statuses() == [400, 413, 415, 422]
 
 
 @pytest.mark.parametrize("answer", [pytest.param(a, id=a.name) for a in ANSWERS])
@@ -299,7 +300,10 @@ def test_the_answer_statements_decide_each_answer_vector(answer: Answer) -> None
     assert run(ANSWER_ACTION, {"Status": answer.status, "Type": answer.type}) == answer.action
 
 
-INGEST_PATH = script_value("IngestPath").strip("'")
+def ingest_path() -> str:
+    return script_value("IngestPath").strip("'")
+
+
 BRIDGE_URL_RULE = "^(https://.+|http://(127\\.0\\.0\\.1|localhost)([:/].*)?)$"
 
 
@@ -314,12 +318,12 @@ def _trim(v: Scope) -> None:
 
 
 def _has_path(v: Scope) -> None:
-    if v["base"].endswith(INGEST_PATH):
+    if v["base"].endswith(ingest_path()):
         v["return"] = v["base"]
 
 
 def _join(v: Scope) -> None:
-    v["output"] = v["base"] + INGEST_PATH
+    v["output"] = v["base"] + ingest_path()
 
 
 JOIN_URL = [
@@ -334,7 +338,7 @@ JOIN_URL = [
 
 
 def test_the_ingest_path_is_the_agent_apis() -> None:
-    assert INGEST_PATH == "/api/v1/compliance-script-results"
+    assert ingest_path() == "/api/v1/compliance-script-results"
 
 
 @pytest.mark.parametrize("case", [pytest.param(u, id=u.bridge_url) for u in URLS])
@@ -355,7 +359,8 @@ def test_the_url_statements_refuse_each_rejected_url(configured: str) -> None:
     )
 
 
-JSON_ESCAPES = {int(k): v for k, v in re.findall(r"(\d+) = '([^']*)'", script_value("JsonEscapes"))}
+def json_escapes() -> dict[int, str]:
+    return {int(k): v for k, v in re.findall(r"(\d+) = '([^']*)'", script_value("JsonEscapes"))}
 
 
 def _builder(v: Scope) -> None:
@@ -377,8 +382,8 @@ def _each_char(v: Scope) -> None:
             v["builder"].append("\\\\")
         elif code >= 0x20:
             v["builder"].append(char)
-        elif code in JSON_ESCAPES:
-            v["builder"].append(JSON_ESCAPES[code])
+        elif code in json_escapes():
+            v["builder"].append(json_escapes()[code])
         else:
             v["builder"].append(f"\\u{code:04x}")
 
@@ -460,7 +465,7 @@ REPORT_BODY = [
 
 
 def test_the_json_escapes_are_json_dumps_short_forms() -> None:
-    assert JSON_ESCAPES == {8: "\\b", 9: "\\t", 10: "\\n", 12: "\\f", 13: "\\r"}
+    assert json_escapes() == {8: "\\b", 9: "\\t", 10: "\\n", 12: "\\f", 13: "\\r"}
 
 
 @pytest.mark.parametrize("vector", [pytest.param(v, id=v.name) for v in VECTORS])
@@ -496,12 +501,13 @@ def test_every_string_json_dumps_would_write_is_written_the_same() -> None:
         assert json_string(char) == json.dumps(char, ensure_ascii=False), hex(code)
 
 
-SPOOL_NAME = script_value("SpoolName").strip("'")
+def spool_name() -> str:
+    return script_value("SpoolName").strip("'")
 
 
 def _match(v: Scope) -> None:
     # .NET names a group (?<name>...), Python (?P<name>...); [regex]::Match is case-sensitive.
-    v["match"] = re.search(SPOOL_NAME.replace("(?<", "(?P<"), v["Name"])
+    v["match"] = re.search(spool_name().replace("(?<", "(?P<"), v["Name"])
 
 
 def _no_match(v: Scope) -> None:
@@ -607,6 +613,9 @@ def test_answers_follow_the_decision_and_redirects_are_never_followed() -> None:
     spool = text("Send-Spool")
     assert spool.index("if ($outcome -eq 'kept')") < spool.index("Remove-Item")
     assert "return $ExitBusy" in spool
+    # A Retry-After this run could not wait for holds later runs back, up to an hour.
+    assert "[Math]::Min($wait, 3600.0)" in loop
+    assert spool.index("$State.RetryNotBefore -gt") < spool.index("Send-SpooledReport")
 
 
 def test_the_exit_statuses_are_the_posix_agents() -> None:
@@ -642,7 +651,7 @@ def test_proxy_user_agent_logging_config_and_script_output_fixes() -> None:
 def test_each_run_writes_a_summary_and_status_json() -> None:
     health = text("Write-AgentHealth")
     for name in ("version", "exitCode", "spooled", "oldestReportAgeSeconds", "lastSuccessAt",
-                 "lastRefusal", "certificate"):  # fmt: skip
+                 "lastRefusal", "retryNotBefore", "certificate"):  # fmt: skip
         assert f"{name} " in health
     assert "summary version={0} exit={1}" in health
     assert 'Write-Output "compliance-agent: $line"' in health

@@ -672,6 +672,7 @@ function Send-SpooledReport {
                 Write-AgentLog info ("report ${reportId}: $($answer.Status) $outcome $reason").TrimEnd()
             }
             $State.LastSuccess = Format-Timestamp ([DateTimeOffset]::UtcNow)
+            $State.RetryNotBefore = [long]0
             return 'done'
         }
         if ($action -eq 'refused') {
@@ -691,11 +692,15 @@ function Send-SpooledReport {
             Write-AgentLog warning "report ${reportId}: $why; kept in the spool for a later run"
             return 'kept'
         }
+        $wait = Get-RetryAfterSeconds -Value $answer.RetryAfter
+        if ($null -ne $wait) {
+            # Later runs send nothing before it (at most an hour, as the bridge honours).
+            $State.RetryNotBefore = [DateTimeOffset]::UtcNow.ToUnixTimeSeconds() + [long][Math]::Ceiling([Math]::Min($wait, 3600.0))
+        }
         if ($attempt -ge [int]$Config.MaxAttempts) {
             Write-AgentLog warning "report ${reportId}: attempt ${attempt}: $why; giving up for this run, kept in the spool"
             return 'kept'
         }
-        $wait = Get-RetryAfterSeconds -Value $answer.RetryAfter
         if ($null -eq $wait) {
             $wait = Get-BackoffSeconds -Attempt $attempt -Config $Config
         }
@@ -721,6 +726,10 @@ function Send-Spool {
         return $ExitBusy
     }
     try {
+        if ($State.RetryNotBefore -gt [DateTimeOffset]::UtcNow.ToUnixTimeSeconds()) {
+            Write-AgentLog warning "the bridge asked to wait (Retry-After) until $($State.RetryNotBefore); nothing is sent before then"
+            return $ExitSpooled
+        }
         $deadline = [DateTime]::UtcNow.AddSeconds([int]$Config.MaxRunSeconds)
         $status = $ExitSent
         # Looked up afresh each time: a report spooled meanwhile by another run is sent too.
@@ -748,11 +757,12 @@ function Send-Spool {
 function Read-AgentState {
     <# What earlier runs left in the status file: the last 2xx and the last refusal. #>
     param($Config)
-    $state = [pscustomobject]@{ LastSuccess = $null; LastRefusal = $null }
+    $state = [pscustomobject]@{ LastSuccess = $null; LastRefusal = $null; RetryNotBefore = [long]0 }
     try {
         $previous = Get-Content -LiteralPath $Config.StatusFile -Raw -Encoding UTF8 | ConvertFrom-Json
         $state.LastSuccess = $previous.lastSuccessAt
         $state.LastRefusal = $previous.lastRefusal
+        $state.RetryNotBefore = [long]$previous.retryNotBefore
     }
     catch {
         # No status yet (first run), or one being written: start afresh.
@@ -791,6 +801,10 @@ function Write-AgentHealth {
         (Format-HealthValue $thumbprint 'none'), (Format-HealthValue $daysLeft 'none')
     Write-AgentLog info $line
     Write-Output "compliance-agent: $line"
+    $retryNotBefore = [long]0
+    if ($State.RetryNotBefore -gt $now) {
+        $retryNotBefore = $State.RetryNotBefore
+    }
     $certificateStatus = $null
     if ($Certificate) {
         $certificateStatus = [ordered]@{ sha1 = $thumbprint; daysLeft = $daysLeft }
@@ -806,6 +820,7 @@ function Write-AgentHealth {
         oldestReportAgeSeconds = $oldestAge
         lastSuccessAt          = $State.LastSuccess
         lastRefusal            = $State.LastRefusal
+        retryNotBefore         = $retryNotBefore
         certificate            = $certificateStatus
     }
     try {
