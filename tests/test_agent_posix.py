@@ -1,7 +1,8 @@
-"""The POSIX agent (agents/posix/compliance-agent.sh), run for real under dash and bash: it signs
-and shapes reports exactly as the test vectors say, delivers them to a real host (HMAC, and a
-client certificate through a TLS-terminating front like App Service's), keeps what it could not
-send and sends it later once and in order, and never keeps a report the bridge refuses.
+"""The POSIX agent (agents/posix/compliance-agent.sh), run for real under dash and bash (and
+BusyBox): it signs and shapes reports exactly as the test vectors say, delivers them to a real
+host (HMAC, and a client certificate through a TLS-terminating front like App Service's), does
+with each answer what agents/answer-vectors.json says (kept in order, done, or refused), never
+strands its spool behind a foreign file or a crashed run's lock, and finds its own device id.
 """
 
 from __future__ import annotations
