@@ -1302,3 +1302,33 @@ def test_a_report_spooled_by_agent_1_0_is_sent_first_and_aged_from_now(
     assert done.returncode == 0, done.stderr
     assert sent_ids(bridge) == [legacy.webhook_id, "n-1"]
     assert "from an older agent: its age is counted from now" in done.stderr
+
+
+def test_under_busybox_locks_foreign_files_and_device_id_auto_work_alike(
+    make_agent: AgentFactory, scripted: BridgeFactory, tmp_path: Path
+) -> None:
+    """BusyBox's find, ln, ls and awk, as on Alpine: the same takeovers and the same filtering."""
+    bridge = scripted()
+    agent = make_agent("busybox")
+    agent.env["PATH"] = busybox_path(tmp_path)
+    registration = tmp_path / "home" / ".local" / "state" / "intune" / "registration.toml"
+    registration.parent.mkdir(parents=True)
+    registration.write_text(REGISTRATION.format(account="a", aad=uuid.uuid4(), device=DEVICE))
+    agent.configure(
+        AGENT_BRIDGE_URL=bridge.url,
+        AGENT_HMAC_SECRET=SECRET,
+        AGENT_REGISTRATION_FILES=str(registration),
+    )
+    agent.spool.mkdir()
+    (agent.spool / "zz-notes.json").write_text("{}")
+    write_lock(agent, "", age=3600)
+    first = submit(agent, "bb-1")
+    assert first.returncode == 0, first.stderr
+    assert "took over send.lock: it names no process" in first.stderr
+    write_lock(agent, f"{os.getpid()} an-earlier-boot {int(time.time())} 00ff\n")
+    second = submit(agent, "bb-2")
+    assert second.returncode == 0, second.stderr
+    assert "held it before a reboot" in second.stderr
+    assert sent_ids(bridge) == ["bb-1", "bb-2"]
+    assert {r["deviceId"] for r in bridge.reports()} == {DEVICE}
+    assert (agent.spool / "zz-notes.json").read_text() == "{}"
