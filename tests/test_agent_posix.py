@@ -1332,3 +1332,25 @@ def test_under_busybox_locks_foreign_files_and_device_id_auto_work_alike(
     assert sent_ids(bridge) == ["bb-1", "bb-2"]
     assert {r["deviceId"] for r in bridge.reports()} == {DEVICE}
     assert (agent.spool / "zz-notes.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_with_two_secrets_each_attempt_carries_a_signature_for_each(
+    shell: str, make_agent: AgentFactory, scripted: BridgeFactory
+) -> None:
+    """A rotation: the bridge may hold the old secret, the new one, or both."""
+    old, new = VECTORS[0].secret, VECTORS[1].secret
+    bridge = scripted()
+    agent = make_agent(shell)
+    agent.configure(
+        AGENT_BRIDGE_URL=bridge.url, AGENT_DEVICE_ID=DEVICE, AGENT_HMAC_SECRET=f"{old} {new}"
+    )
+    done = submit(agent, "rot-1")
+    assert done.returncode == 0, done.stderr
+    [seen] = bridge.seen
+    assert len(seen.headers["webhook-signature"].split(" ")) == 2
+    for secret in (old, new):
+        Webhook(secret).verify(seen.body, seen.headers)
+    three = agent("flush", AGENT_HMAC_SECRET=f"{old} {new} {SECRET}")
+    assert three.returncode == 2
+    assert "at most two secrets" in three.stderr
