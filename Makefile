@@ -30,10 +30,11 @@ $(AZURITE): package.json package-lock.json
 	npm ci --no-audit --no-fund --silent
 	touch $(AZURITE)
 
-# The POSIX agent's tests run shellcheck and dash (Debian packages).
+# The agents' tests run shellcheck, dash, BusyBox and systemd-analyze (Debian packages).
 $(TOOLS): $(STAMP)
-	command -v shellcheck >/dev/null && command -v dash >/dev/null || \
-		{ apt-get update -qq && apt-get install -y -qq shellcheck dash; }
+	command -v shellcheck >/dev/null && command -v dash >/dev/null && \
+		command -v busybox >/dev/null && command -v systemd-analyze >/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq shellcheck dash busybox systemd; }
 	touch $(TOOLS)
 
 install: $(STAMP) $(AZURITE) $(TOOLS)

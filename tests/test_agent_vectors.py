@@ -60,10 +60,15 @@ def bridge_clock_at(monkeypatch: pytest.MonkeyPatch) -> Callable[[Vector], datet
 
 
 def test_the_vectors_cover_the_cases_agents_get_wrong() -> None:
-    """Escapes, non-ASCII, a key with zero bytes, the longest key, a timeout and empty output."""
+    """Escapes, non-ASCII, a key with zero bytes, the longest key, a timeout and empty output;
+    and characters some JSON writers escape but the vectors keep raw (Windows PowerShell 5.1's
+    ConvertTo-Json writes ' < > & and U+2028 as \\u escapes)."""
     bodies = "".join(v.body for v in VECTORS)
     for needle in ('\\"', "\\\\", "\\r\\n", "\\t", "\\b", "\\f", "\\u0001", "é", "😀"):
         assert needle in bodies
+    for raw in ("'", "<", ">", "&", "\u007f", "\u2028", "\u2029"):
+        assert raw in bodies
+    assert "\\u0027" not in bodies and "\\u003c" not in bodies and "\\u2028" not in bodies
     keys = [base64.b64decode(v.secret.removeprefix("whsec_")) for v in VECTORS]
     assert any(0 in key for key in keys)
     assert {24, 64} <= {len(key) for key in keys}  # the bridge's shortest and longest secrets
