@@ -104,11 +104,11 @@ class Delivery:
             lease_seconds=self.settings.delivery_lease.total_seconds(),
             refresh_interval=self.settings.refresh_interval.total_seconds(),
         )
-        if claim.claim is Claim.BUSY:
+        if claim.decision is Claim.BUSY:
             # Back when the other delivery's lease ends, not before.
             wait = claim.wait + random.uniform(0.1, 0.5)  # noqa: S311 - spread, not secrecy
             return self._retry(message, tries, "busy", wait)
-        if claim.claim is not Claim.WRITE:
+        if claim.decision is not Claim.WRITE:
             return self._ignore(message, claim)
         wait = self._take_budget(message, change=claim.change)
         if wait is not None:
@@ -232,11 +232,11 @@ class Delivery:
         )
 
     def _ignore(self, message: dict[str, Any], claim: ClaimResult) -> QueueOutcome:
-        if claim.claim is Claim.UNCHANGED and claim.row is not None:
+        if claim.decision is Claim.UNCHANGED and claim.row is not None:
             self.storage.runstates.skip_unchanged(self.name, claim.row, message["version"])
         self.storage.forget_payload(message)
         reason = {Claim.SUPERSEDED: "superseded", Claim.DELIVERED: "duplicate"}.get(
-            claim.claim, "unchanged"
+            claim.decision, "unchanged"
         )
         return QueueOutcome("ignored", reason, message)
 

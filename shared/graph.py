@@ -14,7 +14,9 @@ from typing import Any, Protocol
 
 import requests
 from requests.adapters import HTTPAdapter
+from requests.structures import CaseInsensitiveDict
 
+from shared import __version__
 from shared.ids import canonical_guid
 from shared.outcomes import CallResult, Outcome
 
@@ -31,7 +33,7 @@ __all__ = [
 # Every Graph call's result; the same shape as every other destination's.
 GraphResult = CallResult
 
-USER_AGENT = "intune-compliance-bridge/1.0"
+USER_AGENT = f"intune-compliance-bridge/{__version__}"
 # Graph answers this for the deviceRunStates navigation on tenants where the write is not routed.
 ROUTE_UNSUPPORTED = "no method match route template"
 # Any claims challenge makes azure-identity bypass its token cache and fetch a new token.
@@ -88,14 +90,11 @@ def run_state_url(base_url: str, script_id: str, run_state_id: str) -> str:
     return f"{scripts}/{script_id}/deviceRunStates/{run_state_id}"
 
 
-def _ci_get(mapping: Any, key: str) -> Any:
-    """Graph spells `innerError` both ways; read every key of its error body case-insensitively."""
+def _ci(mapping: Any) -> CaseInsensitiveDict[Any]:
+    """Graph spells `innerError` both ways: read its error body's keys case-insensitively."""
     if not isinstance(mapping, dict):
-        return None
-    for k, v in mapping.items():
-        if isinstance(k, str) and k.lower() == key.lower():
-            return v
-    return None
+        return CaseInsensitiveDict()
+    return CaseInsensitiveDict({k: v for k, v in mapping.items() if isinstance(k, str)})
 
 
 def _graph_error(response: requests.Response) -> tuple[str | None, str | None]:
@@ -104,10 +103,9 @@ def _graph_error(response: requests.Response) -> tuple[str | None, str | None]:
         body = response.json()
     except ValueError:
         return None, None
-    error = _ci_get(body, "error")
-    code = _ci_get(error, "code")
-    inner = _ci_get(error, "innerError")
-    request_id = _ci_get(inner, "request-id")
+    error = _ci(body).get("error")
+    code = _ci(error).get("code")
+    request_id = _ci(_ci(error).get("innerError")).get("request-id")
     return (
         code if isinstance(code, str) else None,
         request_id if isinstance(request_id, str) else None,

@@ -234,7 +234,7 @@ class AcceptResult:
 
 @dataclass(frozen=True, slots=True)
 class ClaimResult:
-    claim: Claim
+    decision: Claim
     row: Row | None = None
     owner: str = ""
     wait: float = 0.0

@@ -22,6 +22,8 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.timestamps import parse_version
+
 __all__ = [
     "CUSTOM_EVENT",
     "DIMENSIONS",
@@ -90,7 +92,6 @@ _EVENT_SET = frozenset(EVENTS)
 _NOT_SUMMARISED = frozenset({"scriptOutput"})
 _LATENCY_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 15000, 30000)
 _AGE_BUCKETS_S = (1, 5, 15, 30, 60, 300, 900, 1800, 3600, 14400, 28800, 86400)
-_VERSION_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 def clean(value: object) -> str:
@@ -116,7 +117,7 @@ def age_ms(accepted_at: object, now: datetime | None = None) -> float | None:
     if not isinstance(accepted_at, str):
         return None
     try:
-        accepted = datetime.strptime(accepted_at, _VERSION_FORMAT).replace(tzinfo=UTC)
+        accepted = parse_version(accepted_at)
     except ValueError:
         return None
     return round(((now or datetime.now(UTC)) - accepted).total_seconds() * 1000, 1)

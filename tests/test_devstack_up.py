@@ -19,6 +19,9 @@ import requests
 from devstack.up import Stack
 from tests.stack import ROOT, wait_for
 
+# These test the local stack itself, not the bridge (`pytest -m "not devstack"`).
+pytestmark = pytest.mark.devstack
+
 PROC = Path("/proc")
 FREE_PORTS = ["--port", "0", "--graph-port", "0", "--identity-port", "0", "--storage-port", "0"]
 

@@ -17,6 +17,9 @@ import requests
 from devstack import graph, tokens
 from devstack.serving import start_in_thread
 
+# These test the local stack itself, not the bridge (`pytest -m "not devstack"`).
+pytestmark = pytest.mark.devstack
+
 AUDIENCE = "https://graph.microsoft.com"
 APP = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
 WRITE_ROLE = "DeviceManagementConfiguration.ReadWrite.All"

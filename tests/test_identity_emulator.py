@@ -15,6 +15,9 @@ from azure.identity import ManagedIdentityCredential
 from devstack import graph, identity, logs, tokens
 from devstack.serving import start_in_thread
 
+# These test the local stack itself, not the bridge (`pytest -m "not devstack"`).
+pytestmark = pytest.mark.devstack
+
 HEADER = "test-identity-header"
 CLIENT_ID = "11111111-2222-3333-4444-555555555555"
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"

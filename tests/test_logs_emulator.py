@@ -21,6 +21,9 @@ from devstack import identity, logs, tokens
 from devstack.serving import start_in_thread
 from tests.stack import LogsEmulator
 
+# These test the local stack itself, not the bridge (`pytest -m "not devstack"`).
+pytestmark = pytest.mark.devstack
+
 HEADER = "logs-test-identity-header"
 CLIENT_ID = "22222222-3333-4444-5555-666666666666"
 RULE = logs.DEFAULT_RULE_ID
