@@ -53,17 +53,29 @@ def main(argv: list[str] | None = None) -> int:
         else make_credential(settings.azure_client_id, settings.credential)
     )
     storage = Storage(settings, storage_credential(settings, shared))  # creates nothing
-    if args.command == "status":
-        from shared.status import collect, render
+    from azure.core.exceptions import ResourceNotFoundError
 
-        facts = collect(storage, settings)
-        print(json.dumps(facts, indent=2) if args.json else render(facts))
-        return 0
-    from shared.replay import replay as run_replay
+    try:
+        if args.command == "status":
+            from shared.status import collect, render
 
-    result = run_replay(
-        storage, set(args.reason) if args.reason else None, args.dry_run, args.destination
-    )
+            facts = collect(storage, settings)
+            print(json.dumps(facts, indent=2) if args.json else render(facts))
+            return 0
+        from shared.replay import replay as run_replay
+
+        result = run_replay(
+            storage, set(args.reason) if args.reason else None, args.dry_run, args.destination
+        )
+    except ResourceNotFoundError as exc:
+        # Operators hold no right to create: a missing queue or table is the deployment's to make.
+        what = getattr(exc, "error_code", None) or "ResourceNotFound"
+        print(
+            f"a queue or the table does not exist ({what}); `azd provision` declares them, "
+            "and locally the function host creates them when it starts",
+            file=sys.stderr,
+        )
+        return 1
     print(
         json.dumps(
             {

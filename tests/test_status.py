@@ -77,3 +77,35 @@ def test_status_of_a_bridge_with_no_reports_lists_no_scripts(storage: StorageVie
     done = status(storage, "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["scripts"] == {}
+
+
+def test_operator_commands_create_nothing_where_the_deployment_made_nothing() -> None:
+    from devstack import azurite
+
+    empty = azurite.start()  # a storage account with no queue, table or container
+    try:
+        env = {"AzureWebJobsStorage": empty.connection_string, "PATH": "/usr/bin:/bin"}
+        for command in (["status"], ["replay"], ["replay", "--dry-run"]):
+            done = subprocess.run(
+                [sys.executable, "-m", "shared", *command],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert done.returncode == 1, done.stdout + done.stderr
+            assert "does not exist" in done.stderr
+            assert "Traceback" not in done.stderr
+        from azure.data.tables import TableServiceClient
+        from azure.storage.blob import BlobServiceClient
+        from azure.storage.queue import QueueServiceClient
+
+        connection = empty.connection_string
+        assert list(QueueServiceClient.from_connection_string(connection).list_queues()) == []
+        assert list(TableServiceClient.from_connection_string(connection).list_tables()) == []
+        blobs = BlobServiceClient.from_connection_string(connection)
+        assert list(blobs.list_containers()) == []
+    finally:
+        empty.stop()
