@@ -376,6 +376,7 @@ def _accept(
             "Another report for this device and script is being written; send it again shortly.",
             accepted.busy,
             reportId=report_id,
+            reason="busy",
         )
     build = functools.partial(
         messages.build,

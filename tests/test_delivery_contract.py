@@ -228,7 +228,8 @@ def test_waiting_for_budget_books_a_slot_and_comes_back_for_it(
     assert (outcome.outcome, outcome.reason) == ("retried", "budget")
     [(again, delay, _)] = recorder.sent
     assert again["slotAt"] >= started + 4
-    assert abs(delay - (again["slotAt"] - started)) < 1
+    # Visible a second or two before its slot, so it writes on time rather than late.
+    assert 0 < (again["slotAt"] - started) - delay <= 2.5
     assert graph.requests() == []
 
 

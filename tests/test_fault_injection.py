@@ -210,7 +210,7 @@ def test_nothing_lost_nothing_regressed_and_graph_paced_under_every_fault(
 
 def drain_poison(storage: StorageView) -> list[dict[str, Any]]:
     """Every poison message (more than the 32 a peek shows), left in place."""
-    queue = storage.storage.poison
+    queue = storage.storage.queue("graph", poison=True)
     seen, messages = [], []
     for message in queue.receive_messages(max_messages=32, visibility_timeout=1):
         seen.append(json.loads(message.content))
