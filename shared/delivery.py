@@ -211,9 +211,13 @@ class Delivery:
         # until it runs out, so no other version of this pair is written in the meantime.
         keep = result.reason in ("timeout", "connection_error")
         self._finish(message, claim, "retried", result.reason, written, keep_lease=keep)
+        # The back-off grows with failed writes only: waits for a lease or for budget are not
+        # failures, and must not push a report's next try minutes away.
+        failures = int(message.get("failures") or 0) + 1
         if delay is None:
-            delay = backoff_delay(tries, 2, 300)
-        return self._retry(message, tries, result.reason, delay, result=result)
+            delay = backoff_delay(failures, 2, 300)
+        extra = {"failures": failures}
+        return self._retry(message, tries, result.reason, delay, extra, result=result)
 
     def _finish(
         self,

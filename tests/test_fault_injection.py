@@ -192,7 +192,7 @@ def test_nothing_lost_nothing_regressed_and_graph_paced_under_every_fault(
         (d, reason) for d, (_, reason) in zip(doomed, PERMANENT, strict=True)
     )
     for message in poisoned:
-        assert message["graph"]["requestId"]
+        assert message["error"]["requestId"]
     # Paced: no 20-second window saw more writes than the configured rate (or Intune) allows.
     times = sorted(
         datetime.fromisoformat(r["time"].replace("Z", "+00:00")).timestamp()
