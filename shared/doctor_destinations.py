@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from shared.checks import error_text, token_claims
 from shared.outcomes import CallResult
 from shared.settings import Settings
 
@@ -26,8 +27,6 @@ def destination_checks(
 
 def _logs(settings: Settings, bridge: Any, check: Any) -> Iterator[Any]:
     from azure.core.exceptions import HttpResponseError
-
-    from shared.doctor import error_text
 
     try:
         bridge.credential.get_token(settings.monitor_scope)
@@ -71,8 +70,6 @@ def _logs(settings: Settings, bridge: Any, check: Any) -> Iterator[Any]:
 
 
 def _entra(settings: Settings, bridge: Any, devices: list[str], check: Any) -> Iterator[Any]:
-    from shared.doctor import token_claims
-
     try:
         token = bridge.credential.get_token(settings.graph_scope).token
     except Exception:  # the graph token check above already said why

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from shared.doctor import PROBE_DEVICE_ID, REQUIRED_ROLE, token_claims
+from shared.checks import token_claims
+from shared.doctor_graph import PROBE_DEVICE_ID, REQUIRED_ROLE
 from tests.conftest import IDENTITY_HEADER
 from tests.stack import ROOT, SCRIPT, Emulator, LogsEmulator, StorageView, host_env
 
