@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from shared import messages
+from shared import messages, timestamps
 from shared.auth import AuthError, authenticate, check_device
 from shared.delivery import QueueOutcome, emit_outcome
 from shared.ids import new_report_id
@@ -26,7 +26,6 @@ from shared.runtime import Bridge, get_bridge
 from shared.settings import SettingsError
 from shared.store import StorageError
 from shared.telemetry import emit, script_output
-from shared.timestamps import format_version
 
 __all__ = ["PROBLEM_JSON", "ApiResponse", "health", "ingest", "problem"]
 
@@ -350,7 +349,7 @@ def _accept(
     same checks, claim, budget and dead-lettering hold in both delivery modes.
     """
     settings = bridge.settings
-    version = format_version(state.last_state_update)
+    version = timestamps.version(state.last_state_update)
     names = [
         name
         for name, destination in bridge.destinations.items()

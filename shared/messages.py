@@ -10,9 +10,9 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from shared import timestamps
 from shared.ids import canonical_guid
 from shared.mapping import DeviceState
-from shared.timestamps import format_version, parse_version
 
 __all__ = [
     "SCHEMA",
@@ -57,10 +57,10 @@ def build(
         "reportId": report_id,
         "scriptId": script_id,
         "deviceId": device_id,
-        "version": format_version(state.last_state_update),
+        "version": timestamps.version(state.last_state_update),
         "detectionState": state.detection_state.value,
         "digest": state_digest(body),
-        "acceptedAt": format_version(received_at),
+        "acceptedAt": timestamps.version(received_at),
         "attempt": 0,
         "state": body,
     }
@@ -70,7 +70,7 @@ def build(
 
 
 def accepted_at(message: dict[str, Any]) -> datetime:
-    return parse_version(message["acceptedAt"])
+    return timestamps.from_version(message["acceptedAt"])
 
 
 def parse(text: str, destination: str) -> dict[str, Any]:
@@ -85,7 +85,7 @@ def parse(text: str, destination: str) -> dict[str, Any]:
             raise MalformedMessage("a message for another destination")
         if not isinstance(message["version"], str) or not isinstance(message["attempt"], int):
             raise MalformedMessage("bad version or attempt")
-        parse_version(message["version"])
+        timestamps.from_version(message["version"])
         accepted_at(message)
         if not isinstance(message.get("state"), dict) and not isinstance(
             message.get("statePayload"), str
@@ -107,7 +107,7 @@ def poison(
         "reason": reason,
         "destination": message.get("destination"),
         "error": error,
-        "poisonedAt": format_version(datetime.now(UTC)),
+        "poisonedAt": timestamps.version(datetime.now(UTC)),
         **extra,
     }
 

@@ -10,9 +10,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from shared import messages
+from shared import messages, timestamps
 from shared.store import QUEUES, Storage
-from shared.timestamps import format_version
 
 __all__ = ["ReplayResult", "replay"]
 
@@ -40,7 +39,7 @@ def replay(
     replayed, kept_count = 0, 0
     by_reason: dict[str, int] = {}
     by_destination: dict[str, int] = {}
-    now = format_version(datetime.now(UTC))
+    now = timestamps.version(datetime.now(UTC))
     for destination in destinations or QUEUES:
         poison = storage.queue(destination, poison=True)
         kept = []

@@ -22,7 +22,7 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.timestamps import parse_version
+from shared import timestamps
 
 __all__ = [
     "CUSTOM_EVENT",
@@ -117,7 +117,7 @@ def age_ms(accepted_at: object, now: datetime | None = None) -> float | None:
     if not isinstance(accepted_at, str):
         return None
     try:
-        accepted = parse_version(accepted_at)
+        accepted = timestamps.from_version(accepted_at)
     except ValueError:
         return None
     return round(((now or datetime.now(UTC)) - accepted).total_seconds() * 1000, 1)

@@ -12,11 +12,11 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
+from shared import timestamps
 from shared.destinations import Item, Pace, Written
 from shared.graph import classify, parse_retry_after
 from shared.outcomes import CallResult, Outcome
 from shared.settings import Settings
-from shared.timestamps import parse_version
 
 __all__ = ["LogsTable", "row"]
 
@@ -33,7 +33,7 @@ _STATE_COLUMNS = (
 
 def row(message: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
     """The table row of one accepted report; `TimeGenerated` is when the bridge accepted it."""
-    accepted = parse_version(message["acceptedAt"]).isoformat().replace("+00:00", "Z")
+    accepted = timestamps.graph_text(timestamps.from_version(message["acceptedAt"]))
     out: dict[str, Any] = {
         "TimeGenerated": accepted,
         "ReportId": message["reportId"],
