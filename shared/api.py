@@ -5,22 +5,25 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.message import Message
 from typing import Any
 
 from pydantic import ValidationError
 
-from shared.auth import AuthError, authenticate, check_device
+from shared.auth import AuthError, DeviceIdentity, authenticate, check_device
+from shared.certificate import CertificateFailure
 from shared.delivery import DeliveryResult, deliver, queue_message, version_key
 from shared.graph import Outcome
 from shared.ids import new_report_id
-from shared.mapping import DeviceState, map_report
+from shared.mapping import DeviceState, map_report, strict_json
 from shared.models import ComplianceReport
 from shared.ratelimit import device_limiter
 from shared.runtime import Bridge, get_bridge
-from shared.settings import SettingsError
+from shared.settings import Settings, SettingsError
 from shared.store import StorageError
 from shared.telemetry import emit, script_output
 
@@ -30,6 +33,15 @@ PROBLEM_JSON = "application/problem+json"
 PROBLEM_BASE = "urn:intune-compliance-bridge:problem:"
 VERSION = "1.0.0"
 _MAX_JSON_DEPTH = 32
+# The widest object the contract has is 8 keys; anything far wider is an attack on the parser.
+MAX_OBJECT_KEYS = 64
+# A 422 lists this many fields at most, each name cut to _MAX_FIELD_CHARS: a body of 200,000
+# unknown keys must not earn an answer ten times its size.
+MAX_LISTED_ERRORS = 20
+_MAX_FIELD_CHARS = 64
+_ASCII_DIGITS = re.compile(r"[0-9]{1,18}")
+# Valid credentials that are not enough for this request are a 403; every other refusal is a 401.
+_FORBIDDEN = frozenset({CertificateFailure.NOT_A_DEVICE, CertificateFailure.DEVICE_MISMATCH})
 
 
 @dataclass(frozen=True)
@@ -44,8 +56,9 @@ class ApiResponse:
 
 
 class _BadRequest(Exception):
-    def __init__(self, response: ApiResponse) -> None:
+    def __init__(self, response: ApiResponse, invalid_fields: int | None = None) -> None:
         self.response = response
+        self.invalid_fields = invalid_fields
 
 
 def problem(
@@ -74,8 +87,10 @@ def problem(
 def _field_errors(exc: ValidationError) -> list[dict[str, str]]:
     """One entry per invalid field, named by its JSON path; the input itself is never echoed."""
     out = []
-    for err in exc.errors(include_url=False, include_input=False):
+    for err in exc.errors(include_url=False, include_input=False)[:MAX_LISTED_ERRORS]:
         path = ".".join(str(part) for part in err["loc"]) or "$"
+        if len(path) > _MAX_FIELD_CHARS:
+            path = path[:_MAX_FIELD_CHARS] + "..."
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown field; the agent API rejects fields it does not define"
@@ -83,18 +98,6 @@ def _field_errors(exc: ValidationError) -> list[dict[str, str]]:
             message = "required"
         out.append({"field": path, "message": message})
     return out
-
-
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    if len(keys) != len(set(keys)):
-        duplicate = next(k for k in keys if keys.count(k) > 1)
-        raise ValueError(f"duplicate key {duplicate!r}")
-    return dict(pairs)
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def _depth(value: Any, limit: int) -> int:
@@ -112,8 +115,8 @@ def _depth(value: Any, limit: int) -> int:
     return deepest
 
 
-def _check_envelope(method: str, headers: Mapping[str, str], body: bytes, max_bytes: int) -> Any:
-    """Method, media type, size and JSON syntax: the checks that need no schema."""
+def _check_envelope(method: str, headers: Mapping[str, str], body: bytes, max_bytes: int) -> None:
+    """Method, media type and size: the checks that need neither credentials nor parsing."""
     if method.upper() != "POST":
         raise _BadRequest(
             problem(
@@ -124,10 +127,7 @@ def _check_envelope(method: str, headers: Mapping[str, str], body: bytes, max_by
                 headers={"Allow": "POST"},
             )
         )
-    content_type = headers.get("content-type", "")
-    media, _, params = content_type.partition(";")
-    charset = params.strip().lower().removeprefix("charset=").strip('"') if params.strip() else ""
-    if media.strip().lower() != "application/json" or charset not in ("", "utf-8"):
+    if not _is_json(headers.get("content-type", "")):
         raise _BadRequest(
             problem(
                 415,
@@ -138,33 +138,37 @@ def _check_envelope(method: str, headers: Mapping[str, str], body: bytes, max_by
         )
     declared = headers.get("content-length")
     if declared is not None:
-        if not declared.strip().isdigit():
+        # ASCII digits only: `str.isdigit` admits `²`, which `int()` then refuses.
+        if not declared.isascii() or not declared.isdigit():
             raise _BadRequest(
                 problem(400, "bad-request", "Bad request", "Content-Length is not a number.")
             )
-        if int(declared) > max_bytes:
+        if not _ASCII_DIGITS.fullmatch(declared) or int(declared) > max_bytes:
             raise _BadRequest(_too_large(max_bytes))
     if len(body) > max_bytes:
         raise _BadRequest(_too_large(max_bytes))
+
+
+def _is_json(content_type: str) -> bool:
+    """`application/json`, with no charset or UTF-8; other parameters are allowed (RFC 9110)."""
+    message = Message()
+    message["content-type"] = content_type
+    charset = message.get_param("charset")
+    utf8 = charset is None or str(charset).lower() in ("utf-8", "utf8")
+    return message.get_content_type() == "application/json" and utf8
+
+
+def _parse(body: bytes) -> dict[str, Any]:
+    """Strict JSON, shallow and narrow, and an object: run only for authenticated callers, so
+    nobody else learns anything from the parser's diagnostics."""
     try:
-        data = json.loads(
-            body.decode("utf-8"),
-            object_pairs_hook=_reject_duplicates,
-            parse_constant=_reject_constant,
-        )
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        reason = str(exc).splitlines()[0][:200] if isinstance(exc, ValueError) else "not UTF-8"
-        if isinstance(exc, RecursionError):
-            reason = "nested too deeply"
-        raise _BadRequest(
-            problem(
-                400, "invalid-json", "Unreadable JSON", f"The body is not valid JSON: {reason}."
-            )
-        ) from None
+        data = strict_json(body.decode("utf-8"), MAX_OBJECT_KEYS)
+    except UnicodeDecodeError:
+        raise _BadRequest(_invalid_json("not UTF-8")) from None
+    except ValueError as exc:
+        raise _BadRequest(_invalid_json(str(exc).splitlines()[0][:200])) from None
     if _depth(data, _MAX_JSON_DEPTH) > _MAX_JSON_DEPTH:
-        raise _BadRequest(
-            problem(400, "invalid-json", "Unreadable JSON", "The body is nested too deeply.")
-        )
+        raise _BadRequest(_invalid_json("nested too deeply"))
     if not isinstance(data, dict):
         raise _BadRequest(
             problem(
@@ -178,6 +182,10 @@ def _check_envelope(method: str, headers: Mapping[str, str], body: bytes, max_by
     return data
 
 
+def _invalid_json(reason: str) -> ApiResponse:
+    return problem(400, "invalid-json", "Unreadable JSON", f"The body is not valid JSON: {reason}.")
+
+
 def _too_large(max_bytes: int) -> ApiResponse:
     return problem(
         413,
@@ -189,9 +197,24 @@ def _too_large(max_bytes: int) -> ApiResponse:
 
 def _refused(error: AuthError, report_id: str | None = None) -> ApiResponse:
     """401/403 with the failed check as the slug; the credential itself is never repeated."""
-    emit("rejected", status=error.status, reason=error.slug, reportId=report_id)
-    title = "Authentication failed" if error.status == 401 else "Not allowed for this device"
-    return problem(error.status, error.slug, title, error.detail, reportId=report_id)
+    status = 403 if error.failure in _FORBIDDEN else 401
+    emit("rejected", status=status, reason=error.slug, reportId=report_id)
+    title = "Authentication failed" if status == 401 else "Not allowed for this device"
+    return problem(status, error.slug, title, error.detail, reportId=report_id)
+
+
+def _key_in_query(query: Mapping[str, str]) -> ApiResponse | None:
+    """`?code=` works on the platform but lands in request logs: the key goes in a header."""
+    if not any(name.lower() == "code" for name in query):
+        return None
+    emit("rejected", status=401, reason="function-key-in-query")
+    return problem(
+        401,
+        "function-key-in-query",
+        "Authentication failed",
+        "Send the function key in the x-functions-key header, never as ?code= in the URL "
+        "(query strings are logged); rotate a key that was sent that way.",
+    )
 
 
 def _unavailable(detail: str, retry_after: float, **extra: Any) -> ApiResponse:
@@ -213,9 +236,37 @@ def ingest(
     *,
     bridge: Bridge | None = None,
     now: datetime | None = None,
+    query: Mapping[str, str] | None = None,
 ) -> ApiResponse:
-    """Handle `POST /api/v1/compliance-script-results`; any failure a client caused is a 4xx."""
-    received_at = now or datetime.now(UTC)
+    """Handle `POST /api/v1/compliance-script-results`; any failure a client caused is a 4xx,
+    and a fault of the bridge's own is a planned 500 problem, never the host's bare one."""
+    try:
+        received_at = now or datetime.now(UTC)
+        return _ingest(
+            method, headers, body, bridge=bridge, received_at=received_at, query=query or {}
+        )
+    except Exception as exc:  # the last resort: every known failure was answered before here
+        logging.getLogger("bridge").exception("ingest failed unexpectedly")
+        emit("error", level=logging.ERROR, status=500, reason=type(exc).__name__)
+        return problem(
+            500,
+            "internal-error",
+            "Internal error",
+            "The bridge failed on this report; nothing was stored. Send it again later; its "
+            "operators have been told.",
+        )
+
+
+def _ingest(
+    method: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    bridge: Bridge | None,
+    received_at: datetime,
+    query: Mapping[str, str],
+) -> ApiResponse:
+    """DESIGN's data flow: envelope, authenticate (raw bytes), parse and validate, then map."""
     headers = {k.lower(): v for k, v in headers.items()}
     try:
         bridge = bridge or get_bridge()
@@ -224,29 +275,72 @@ def ingest(
         return _unavailable("The bridge is misconfigured; its operators have been told.", 60)
     settings = bridge.settings
     try:
-        data = _check_envelope(method, headers, body, settings.max_body_bytes)
+        _check_envelope(method, headers, body, settings.max_body_bytes)
+        if "function" in settings.auth_modes and (refusal := _key_in_query(query)):
+            return refusal
         identity = authenticate(settings, headers, body, now=received_at)
-        report = ComplianceReport.model_validate(
-            data, context={"now": received_at, "clock_skew": settings.clock_skew}
-        )
+        report = _validate(_parse(body), settings, received_at)
     except _BadRequest as bad:
         slug = bad.response.body["type"].removeprefix(PROBLEM_BASE)
-        emit("rejected", status=bad.response.status, reason=slug)
+        emit(
+            "rejected",
+            status=bad.response.status,
+            reason=slug,
+            invalidFields=bad.invalid_fields,
+        )
         return bad.response
     except AuthError as refused:
         return _refused(refused)
-    except ValidationError as exc:
-        errors = _field_errors(exc)
-        emit("rejected", status=422, reason="invalid-report", invalidFields=len(errors))
-        return problem(
-            422,
-            "invalid-report",
-            "Invalid report",
-            f"{len(errors)} field(s) failed validation.",
-            errors=errors,
-        )
     # A verified webhook-id is the sender's idempotency key: it names a report that has no id.
     report_id = report.report_id or identity.webhook_id or new_report_id()
+    if refusal := _check_sender(settings, identity, report, report_id):
+        return refusal
+    state = map_report(
+        report,
+        received_at=received_at,
+        script_interval=settings.script_interval,
+        max_output_chars=settings.max_output_chars,
+    )
+    if settings.delivery_mode == "queue":
+        return _enqueue(bridge, report_id, report, state, received_at)
+    _accepted(report_id, report, state, settings.telemetry_script_output)
+    delivery = deliver(
+        bridge.graph,
+        script_id=report.script_id,
+        device_id=report.device_id,
+        state=state,
+        template=settings.run_state_id_template,
+        attempts=settings.sync_attempts,
+        max_wait=settings.sync_max_wait,
+        pacer=bridge.pacer,
+    )
+    return _delivery_response(report_id, report, state.detection_state.value, delivery)
+
+
+def _validate(data: dict[str, Any], settings: Settings, received_at: datetime) -> ComplianceReport:
+    try:
+        return ComplianceReport.model_validate(
+            data, context={"now": received_at, "clock_skew": settings.clock_skew}
+        )
+    except ValidationError as exc:
+        errors = _field_errors(exc)
+        listed = "." if exc.error_count() <= len(errors) else f"; the first {len(errors)} listed."
+        raise _BadRequest(
+            problem(
+                422,
+                "invalid-report",
+                "Invalid report",
+                f"{exc.error_count()} field(s) failed validation{listed}",
+                errors=errors,
+            ),
+            exc.error_count(),
+        ) from None
+
+
+def _check_sender(
+    settings: Settings, identity: DeviceIdentity, report: ComplianceReport, report_id: str
+) -> ApiResponse | None:
+    """The device, the script and the device's rate: a refusal, or None to go on."""
     try:
         check_device(identity, report.device_id)
     except AuthError as refused:
@@ -272,26 +366,7 @@ def ingest(
             headers={"Retry-After": str(wait)},
             reportId=report_id,
         )
-    state = map_report(
-        report,
-        received_at=received_at,
-        script_interval=settings.script_interval,
-        max_output_chars=settings.max_output_chars,
-    )
-    if settings.delivery_mode == "queue":
-        return _enqueue(bridge, report_id, report, state, received_at)
-    _accepted(report_id, report, state, settings.telemetry_script_output)
-    delivery = deliver(
-        bridge.graph,
-        script_id=report.script_id,
-        device_id=report.device_id,
-        state=state,
-        template=settings.run_state_id_template,
-        attempts=settings.sync_attempts,
-        max_wait=settings.sync_max_wait,
-        pacer=bridge.pacer,
-    )
-    return _delivery_response(report_id, report, state.detection_state.value, delivery)
+    return None
 
 
 def _accepted(
@@ -400,7 +475,9 @@ def health() -> ApiResponse:
     try:
         settings = get_bridge().settings
     except SettingsError as exc:
-        return problem(503, "misconfigured", "Bridge misconfigured", str(exc))
+        # Anonymous callers learn which settings to fix, never what they hold.
+        names = ", ".join(dict.fromkeys(exc.names)) or "unknown"
+        return problem(503, "misconfigured", "Bridge misconfigured", f"Invalid settings: {names}.")
     return ApiResponse(
         200,
         {

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from shared import timestamps
 from shared.graph import GraphClient, GraphResult, Outcome
 from shared.ids import canonical_guid
 from shared.mapping import DeviceState
@@ -104,7 +105,7 @@ BUDGET_WAIT_SECONDS = 3.0
 
 def version_key(moment: datetime) -> str:
     """Fixed-width UTC text, so versions compare correctly as strings in the run-state table."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return timestamps.version(moment)
 
 
 def queue_message(
@@ -117,7 +118,7 @@ def queue_message(
         "deviceId": device_id,
         "version": version_key(state.last_state_update),
         "detectionState": state.detection_state.value,
-        "acceptedAt": version_key(received_at),
+        "acceptedAt": timestamps.version(received_at),
         "attempt": 0,
         "state": state.patch_body(),
     }
@@ -139,7 +140,7 @@ def poison_message(
         "report": message,
         "reason": reason,
         "graph": graph,
-        "poisonedAt": version_key(datetime.now(UTC)),
+        "poisonedAt": timestamps.version(datetime.now(UTC)),
         **extra,
     }
 
@@ -156,7 +157,7 @@ class QueueOutcome:
 
 
 def _accepted_at(message: dict[str, Any]) -> datetime:
-    return datetime.strptime(message["acceptedAt"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    return timestamps.from_version(message["acceptedAt"])
 
 
 def _parse(text: str) -> dict[str, Any]:

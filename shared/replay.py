@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.delivery import MESSAGE_SCHEMA, version_key
+from shared import timestamps
+from shared.delivery import MESSAGE_SCHEMA
 from shared.store import Storage
 
 __all__ = ["ReplayResult", "replay"]
@@ -48,7 +49,7 @@ def replay(
 ) -> ReplayResult:
     """Re-enqueue every poison message whose reason is in `reasons` (all when None)."""
     replayed, kept, by_reason = 0, [], {}
-    now = version_key(datetime.now(UTC))
+    now = timestamps.version(datetime.now(UTC))
     while True:
         batch = list(
             storage.poison.receive_messages(max_messages=32, visibility_timeout=_HIDE_SECONDS)

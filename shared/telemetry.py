@@ -22,6 +22,8 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
+from shared import timestamps
+
 __all__ = [
     "CUSTOM_EVENT",
     "DIMENSIONS",
@@ -48,8 +50,9 @@ CUSTOM_EVENT = "microsoft.custom_event.name"
 # The names below are infra/telemetry-contract.json's (tests/test_telemetry.py keeps them equal).
 OUTCOMES = ("accepted", "delivered", "ignored", "retried", "rejected", "poisoned")
 # Diagnostics beside the outcomes: why a client certificate did not chain (the `rejected` event
-# that follows carries the outcome).
-EVENTS = (*OUTCOMES, "certificateUntrusted")
+# that follows carries the outcome), a certificate accepted although it names no tenant while
+# BRIDGE_TENANT_ID is set, and `error`: ingest's last resort answered a fault of the bridge's own.
+EVENTS = (*OUTCOMES, "certificateUntrusted", "certificateWithoutTenant", "error")
 DIMENSIONS = (
     "reportId",
     "scriptId",
@@ -88,7 +91,6 @@ _EVENT_SET = frozenset(EVENTS)
 _NOT_SUMMARISED = frozenset({"scriptOutput"})
 _LATENCY_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 15000, 30000)
 _AGE_BUCKETS_S = (1, 5, 15, 30, 60, 300, 900, 1800, 3600, 14400, 28800, 86400)
-_VERSION_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 def clean(value: object) -> str:
@@ -114,7 +116,7 @@ def age_ms(accepted_at: object, now: datetime | None = None) -> float | None:
     if not isinstance(accepted_at, str):
         return None
     try:
-        accepted = datetime.strptime(accepted_at, _VERSION_FORMAT).replace(tzinfo=UTC)
+        accepted = timestamps.from_version(accepted_at)
     except ValueError:
         return None
     return round(((now or datetime.now(UTC)) - accepted).total_seconds() * 1000, 1)

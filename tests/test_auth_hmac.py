@@ -266,7 +266,7 @@ def test_a_replayed_signed_request_is_an_idempotent_success_on_another_instance(
     captured = signed(BODY, msg_id="msg_lost-answer")
     accepted = send(first, captured, BODY)
     assert accepted.status_code == 202, accepted.text
-    wait_for(lambda: graph.states())
+    wait_for(graph.states)
     for host in (second, first):
         replay = send(host, captured, BODY)
         assert replay.status_code == 200, replay.text

@@ -17,7 +17,8 @@ from tests.stack import ROOT
 # Indexed in a fresh interpreter, as the worker does at start-up, with only this setting changed.
 PROBE = """
 import json, function_app
-levels = {f.get_function_name(): str(f.get_trigger().auth_level) for f in function_app.app.get_functions()
+functions = function_app.app.get_functions()
+levels = {f.get_function_name(): str(f.get_trigger().auth_level) for f in functions
           if f.get_trigger().get_binding_name() == "httpTrigger"}
 print(json.dumps({"default": str(function_app.app.auth_level), "levels": levels}))
 """
