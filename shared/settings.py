@@ -136,8 +136,7 @@ def _split_list(value: Any) -> Any:
 
 
 class SettingsError(ValueError):
-    """A setting is invalid; the message names each one, so a bad deploy fails loudly. `names`
-    lists the settings alone, for answers that must not show their values."""
+    """A setting is invalid; the message names each one (`names`: the names alone, no values)."""
 
     def __init__(self, message: str, names: tuple[str, ...] = ()) -> None:
         super().__init__(message)
@@ -346,9 +345,8 @@ class Settings(BaseModel):
 
     @classmethod
     def ingest_needs_function_key(cls, environ: Mapping[str, str] | None = None) -> bool:
-        """Whether the platform must check function keys on ingest: unless BRIDGE_AUTH_MODE
-        lists a bridge-side proof and not `function`. Fails closed: a value that does not parse
-        keeps keys on (start-up then reports it), and blank means the default, `function`."""
+        """The platform checks function keys on ingest unless BRIDGE_AUTH_MODE lists a bridge
+        proof and not `function`; blank means `function`, and a bad value keeps keys on."""
         env = os.environ if environ is None else environ
         value = env.get("BRIDGE_AUTH_MODE", "")
         try:
