@@ -278,3 +278,44 @@ def test_script_id_and_device_are_checked_before_anything_is_stored() -> None:
     bridge = sync_bridge(BRIDGE_ALLOWED_SCRIPT_IDS="0f8fad5b-d9cb-469f-a165-70867728950e")
     assert post(bridge, report_body()).status == 403
     assert SCRIPT not in bridge.settings.allowed_script_ids
+
+
+@pytest.fixture
+def environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """The process-wide settings, read afresh from the environment this test sets."""
+    monkeypatch.setenv("BRIDGE_DELIVERY_MODE", "sync")
+    monkeypatch.setattr(runtime, "_bridge", None)
+    get_settings.cache_clear()
+    yield monkeypatch
+    get_settings.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("mode", "status"), [("function", 200), ("certificate", 200), ("hmac", 503)]
+)
+def test_health_with_an_unresolved_key_vault_reference_depends_on_the_mode(
+    environment: pytest.MonkeyPatch, mode: str, status: int
+) -> None:
+    environment.setenv("BRIDGE_AUTH_MODE", mode)
+    environment.setenv("BRIDGE_TRUSTED_CA_CERTS", trusted().bundle_pem)
+    environment.setenv("BRIDGE_HMAC_SECRETS", KEY_VAULT_REFERENCE)
+    response = api.health()
+    assert response.status == status, response.body
+    if status == 503:
+        assert "BRIDGE_HMAC_SECRETS" in response.body["detail"]
+        assert "kv-bridge" not in response.body_bytes().decode()
+
+
+def test_a_certificate_bundle_is_not_read_when_certificate_mode_is_off() -> None:
+    settings = Settings.from_env(
+        {"BRIDGE_DELIVERY_MODE": "sync", "BRIDGE_TRUSTED_CA_CERTS": "/no/such/bundle.pem"}
+    )
+    assert settings.trusted_ca_certs == ()
+    with pytest.raises(SettingsError, match="BRIDGE_TRUSTED_CA_CERTS"):
+        Settings.from_env(
+            {
+                "BRIDGE_DELIVERY_MODE": "sync",
+                "BRIDGE_AUTH_MODE": "certificate",
+                "BRIDGE_TRUSTED_CA_CERTS": "/no/such/bundle.pem",
+            }
+        )
