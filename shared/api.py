@@ -1,26 +1,23 @@
-"""The agent-facing HTTP contract: every status code and problem+json body is decided here, once."""
+"""The agent-facing HTTP contract: ingest as DESIGN's steps and the status of every answer after the
+request envelope (`envelope` answers for method, media type, size, JSON and schema)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.message import Message
 from typing import Any
 
-from pydantic import ValidationError
-
+from shared import envelope
 from shared.auth import AuthError, DeviceIdentity, authenticate, check_device
 from shared.certificate import CertificateFailure
 from shared.delivery import DeliveryResult, deliver, queue_message, version_key
 from shared.graph import Outcome
 from shared.ids import new_report_id
-from shared.mapping import DeviceState, map_report, strict_json
+from shared.mapping import DeviceState, map_report
 from shared.models import ComplianceReport
+from shared.problems import PROBLEM_BASE, PROBLEM_JSON, ApiResponse, problem
 from shared.ratelimit import device_limiter
 from shared.runtime import Bridge, get_bridge
 from shared.settings import Settings, SettingsError
@@ -29,170 +26,9 @@ from shared.telemetry import emit, script_output
 
 __all__ = ["PROBLEM_JSON", "ApiResponse", "health", "ingest", "problem"]
 
-PROBLEM_JSON = "application/problem+json"
-PROBLEM_BASE = "urn:intune-compliance-bridge:problem:"
 VERSION = "1.0.0"
-_MAX_JSON_DEPTH = 32
-# The widest object the contract has is 8 keys; anything far wider is an attack on the parser.
-MAX_OBJECT_KEYS = 64
-# A 422 lists this many fields at most, each name cut to _MAX_FIELD_CHARS: a body of 200,000
-# unknown keys must not earn an answer ten times its size.
-MAX_LISTED_ERRORS = 20
-_MAX_FIELD_CHARS = 64
-_ASCII_DIGITS = re.compile(r"[0-9]{1,18}")
 # Valid credentials that are not enough for this request are a 403; every other refusal is a 401.
 _FORBIDDEN = frozenset({CertificateFailure.NOT_A_DEVICE, CertificateFailure.DEVICE_MISMATCH})
-
-
-@dataclass(frozen=True)
-class ApiResponse:
-    status: int
-    body: dict[str, Any]
-    headers: dict[str, str] = field(default_factory=dict)
-    content_type: str = "application/json"
-
-    def body_bytes(self) -> bytes:
-        return json.dumps(self.body, separators=(",", ":")).encode()
-
-
-class _BadRequest(Exception):
-    def __init__(self, response: ApiResponse, invalid_fields: int | None = None) -> None:
-        self.response = response
-        self.invalid_fields = invalid_fields
-
-
-def problem(
-    status: int,
-    slug: str,
-    title: str,
-    detail: str,
-    *,
-    errors: list[dict[str, str]] | None = None,
-    headers: dict[str, str] | None = None,
-    **extra: Any,
-) -> ApiResponse:
-    """RFC 9457 problem details; `type` names the slug documented in docs/agent-api.md."""
-    body: dict[str, Any] = {
-        "type": PROBLEM_BASE + slug,
-        "title": title,
-        "status": status,
-        "detail": detail,
-    }
-    if errors is not None:
-        body["errors"] = errors
-    body.update({k: v for k, v in extra.items() if v is not None})
-    return ApiResponse(status, body, headers or {}, PROBLEM_JSON)
-
-
-def _field_errors(exc: ValidationError) -> list[dict[str, str]]:
-    """One entry per invalid field, named by its JSON path; the input itself is never echoed."""
-    out = []
-    for err in exc.errors(include_url=False, include_input=False)[:MAX_LISTED_ERRORS]:
-        path = ".".join(str(part) for part in err["loc"]) or "$"
-        if len(path) > _MAX_FIELD_CHARS:
-            path = path[:_MAX_FIELD_CHARS] + "..."
-        message = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            message = "unknown field; the agent API rejects fields it does not define"
-        elif err["type"] == "missing":
-            message = "required"
-        out.append({"field": path, "message": message})
-    return out
-
-
-def _depth(value: Any, limit: int) -> int:
-    stack = [(value, 1)]
-    deepest = 0
-    while stack:
-        item, level = stack.pop()
-        deepest = max(deepest, level)
-        if deepest > limit:
-            break
-        if isinstance(item, dict):
-            stack.extend((v, level + 1) for v in item.values())
-        elif isinstance(item, list):
-            stack.extend((v, level + 1) for v in item)
-    return deepest
-
-
-def _check_envelope(method: str, headers: Mapping[str, str], body: bytes, max_bytes: int) -> None:
-    """Method, media type and size: the checks that need neither credentials nor parsing."""
-    if method.upper() != "POST":
-        raise _BadRequest(
-            problem(
-                405,
-                "method-not-allowed",
-                "Method not allowed",
-                f"{method.upper()[:16]} is not supported here; send POST.",
-                headers={"Allow": "POST"},
-            )
-        )
-    if not _is_json(headers.get("content-type", "")):
-        raise _BadRequest(
-            problem(
-                415,
-                "unsupported-media-type",
-                "Unsupported media type",
-                "Send the report as Content-Type: application/json (UTF-8).",
-            )
-        )
-    declared = headers.get("content-length")
-    if declared is not None:
-        # ASCII digits only: `str.isdigit` admits `²`, which `int()` then refuses.
-        if not declared.isascii() or not declared.isdigit():
-            raise _BadRequest(
-                problem(400, "bad-request", "Bad request", "Content-Length is not a number.")
-            )
-        if not _ASCII_DIGITS.fullmatch(declared) or int(declared) > max_bytes:
-            raise _BadRequest(_too_large(max_bytes))
-    if len(body) > max_bytes:
-        raise _BadRequest(_too_large(max_bytes))
-
-
-def _is_json(content_type: str) -> bool:
-    """`application/json`, with no charset or UTF-8; other parameters are allowed (RFC 9110)."""
-    message = Message()
-    message["content-type"] = content_type
-    charset = message.get_param("charset")
-    utf8 = charset is None or str(charset).lower() in ("utf-8", "utf8")
-    return message.get_content_type() == "application/json" and utf8
-
-
-def _parse(body: bytes) -> dict[str, Any]:
-    """Strict JSON, shallow and narrow, and an object: run only for authenticated callers, so
-    nobody else learns anything from the parser's diagnostics."""
-    try:
-        data = strict_json(body.decode("utf-8"), MAX_OBJECT_KEYS)
-    except UnicodeDecodeError:
-        raise _BadRequest(_invalid_json("not UTF-8")) from None
-    except ValueError as exc:
-        raise _BadRequest(_invalid_json(str(exc).splitlines()[0][:200])) from None
-    if _depth(data, _MAX_JSON_DEPTH) > _MAX_JSON_DEPTH:
-        raise _BadRequest(_invalid_json("nested too deeply"))
-    if not isinstance(data, dict):
-        raise _BadRequest(
-            problem(
-                422,
-                "invalid-report",
-                "Invalid report",
-                "The body must be a JSON object.",
-                errors=[{"field": "$", "message": "must be a JSON object"}],
-            )
-        )
-    return data
-
-
-def _invalid_json(reason: str) -> ApiResponse:
-    return problem(400, "invalid-json", "Unreadable JSON", f"The body is not valid JSON: {reason}.")
-
-
-def _too_large(max_bytes: int) -> ApiResponse:
-    return problem(
-        413,
-        "payload-too-large",
-        "Payload too large",
-        f"The body exceeds {max_bytes} bytes; cap script output on the device.",
-    )
 
 
 def _refused(error: AuthError, report_id: str | None = None) -> ApiResponse:
@@ -275,12 +111,12 @@ def _ingest(
         return _unavailable("The bridge is misconfigured; its operators have been told.", 60)
     settings = bridge.settings
     try:
-        _check_envelope(method, headers, body, settings.max_body_bytes)
+        envelope.check(method, headers, body, settings.max_body_bytes)
         if "function" in settings.auth_modes and (refusal := _key_in_query(query)):
             return refusal
         identity = authenticate(settings, headers, body, now=received_at)
-        report = _validate(_parse(body), settings, received_at)
-    except _BadRequest as bad:
+        report = envelope.validate(envelope.parse(body), settings, received_at)
+    except envelope.BadRequest as bad:
         slug = bad.response.body["type"].removeprefix(PROBLEM_BASE)
         emit(
             "rejected",
@@ -315,26 +151,6 @@ def _ingest(
         pacer=bridge.pacer,
     )
     return _delivery_response(report_id, report, state.detection_state.value, delivery)
-
-
-def _validate(data: dict[str, Any], settings: Settings, received_at: datetime) -> ComplianceReport:
-    try:
-        return ComplianceReport.model_validate(
-            data, context={"now": received_at, "clock_skew": settings.clock_skew}
-        )
-    except ValidationError as exc:
-        errors = _field_errors(exc)
-        listed = "." if exc.error_count() <= len(errors) else f"; the first {len(errors)} listed."
-        raise _BadRequest(
-            problem(
-                422,
-                "invalid-report",
-                "Invalid report",
-                f"{exc.error_count()} field(s) failed validation{listed}",
-                errors=errors,
-            ),
-            exc.error_count(),
-        ) from None
 
 
 def _check_sender(

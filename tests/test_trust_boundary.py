@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from shared import api, runtime
+from shared import api, envelope, runtime
 from shared.mapping import reject_duplicates
 from shared.runtime import Bridge
 from shared.settings import Settings, SettingsError, get_settings
@@ -139,7 +139,7 @@ def test_a_422_lists_a_bounded_number_of_errors_and_never_echoes_long_names() ->
     body = report_body(**{f"k{i}" + "x" * 5000: i for i in range(40)})
     response = post(sync_bridge(), body)
     assert response.status == 422
-    assert len(response.body["errors"]) <= api.MAX_LISTED_ERRORS
+    assert len(response.body["errors"]) <= envelope.MAX_LISTED_ERRORS
     assert len(response.body_bytes()) < 16 * 1024
     assert "40" in response.body["detail"] or "41" in response.body["detail"]
 
@@ -158,7 +158,7 @@ def test_an_object_with_too_many_keys_is_refused_and_the_duplicate_check_is_line
     with pytest.raises(ValueError, match="duplicate"):
         reject_duplicates([(k, 0) for k in keys])
     assert Counted.calls <= 10 * len(keys)
-    wide = b"{" + b",".join(b'"k%d":0' % i for i in range(api.MAX_OBJECT_KEYS + 1)) + b"}"
+    wide = b"{" + b",".join(b'"k%d":0' % i for i in range(envelope.MAX_OBJECT_KEYS + 1)) + b"}"
     response = post(sync_bridge(), wide)
     assert response.status == 400
     assert "keys" in response.body["detail"]
