@@ -23,7 +23,6 @@ class DeviceIdentity:
     """What the credentials proved: a device id only when a certificate named it."""
 
     device_id: str | None = None
-    tenant_id: str | None = None
     webhook_id: str | None = None
 
 
@@ -32,9 +31,9 @@ def authenticate(
 ) -> DeviceIdentity:
     """Run each configured mode; every one must pass (`certificate,hmac` needs both)."""
     headers = {k.lower(): v for k, v in headers.items()}
-    device = webhook_id = None
+    device_id = webhook_id = None
     if "certificate" in settings.auth_modes:
-        device = certificate.verify(
+        device_id = certificate.verify(
             headers.get(certificate.CLIENT_CERT_HEADER),
             settings.trusted_ca_certs,
             settings.tenant_id,
@@ -43,11 +42,7 @@ def authenticate(
     if "hmac" in settings.auth_modes:
         secrets = tuple(secret.get_secret_value() for secret in settings.hmac_secrets)
         webhook_id = webhook.verify(headers, body, secrets, now)
-    return DeviceIdentity(
-        device_id=device.device_id if device else None,
-        tenant_id=device.tenant_id if device else None,
-        webhook_id=webhook_id,
-    )
+    return DeviceIdentity(device_id=device_id, webhook_id=webhook_id)
 
 
 def check_device(identity: DeviceIdentity, device_id: str) -> None:

@@ -34,7 +34,6 @@ __all__ = [
     "TENANT_OID",
     "CertificateError",
     "CertificateFailure",
-    "DeviceCertificate",
     "check_device",
     "verify",
 ]
@@ -65,15 +64,6 @@ class CertificateError(AuthError):
     """The client certificate proves nothing here; `failure` says which check refused it."""
 
     failure: CertificateFailure
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceCertificate:
-    """What a chain-valid certificate names: the device, and the tenant when one was pinned and
-    the certificate carries it."""
-
-    device_id: str
-    tenant_id: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,9 +142,10 @@ _CA_POLICY = ExtensionPolicy.webpki_defaults_ca()
 
 def verify(
     header: str | None, trusted: tuple[bytes, ...], tenant_id: str | None, now: datetime
-) -> DeviceCertificate:
-    """Checks in order: present, size, encoding, validity, EKU, chain to a pinned CA, tenant,
-    device id. `tenant_id` (canonical) pins the tenant; None admits every tenant's devices."""
+) -> str:
+    """The device id the certificate proves. Checks in order: present, size, encoding, validity,
+    EKU, chain to a pinned CA, tenant, device id. `tenant_id` (canonical) pins the tenant; None
+    admits every tenant's devices."""
     if not header or not header.strip():
         raise CertificateError(
             CertificateFailure.MISSING,
@@ -181,14 +172,14 @@ def verify(
             "The client certificate does not allow client authentication (EKU 1.3.6.1.5.5.7.3.2).",
         )
     _verify_chain(parsed.cert, trusted, now)
-    tenant = _check_tenant(parsed.tenant, tenant_id)
+    _check_tenant(parsed.tenant, tenant_id)
     names = parsed.names
     if len(names) != 1 or not is_guid(names[0]):
         raise CertificateError(
             CertificateFailure.NOT_A_DEVICE,
             "The client certificate's subject CN is not an Intune device id (a GUID).",
         )
-    return DeviceCertificate(canonical_guid(names[0]), tenant)
+    return canonical_guid(names[0])
 
 
 def _verify_chain(cert: x509.Certificate, trusted: tuple[bytes, ...], now: datetime) -> None:
@@ -212,22 +203,20 @@ def _verify_chain(cert: x509.Certificate, trusted: tuple[bytes, ...], now: datet
         ) from None
 
 
-def _check_tenant(value: bytes | None, expected: str | None) -> str | None:
+def _check_tenant(value: bytes | None, expected: str | None) -> None:
     """The chain proves only that the Intune MDM Device CA issued the certificate, to some tenant;
     the tenant extension says which. A certificate without one is let through and counted, so the
     administrator sees how many of the fleet the pin actually covers."""
     if expected is None:
-        return None
+        return
     if value is None:
         emit("certificateWithoutTenant", reason="no tenant extension")
-        return None
-    tenant = _tenant(value)
-    if tenant != expected:
+        return
+    if _tenant(value) != expected:
         raise CertificateError(
             CertificateFailure.WRONG_TENANT,
             "The client certificate was issued to a device of another tenant (BRIDGE_TENANT_ID).",
         )
-    return tenant
 
 
 def check_device(certificate_device: str | None, device_id: str) -> None:
