@@ -345,8 +345,7 @@ class Settings(BaseModel):
 
     @classmethod
     def ingest_needs_function_key(cls, environ: Mapping[str, str] | None = None) -> bool:
-        """The platform checks function keys on ingest unless BRIDGE_AUTH_MODE lists a bridge
-        proof and not `function`; blank means `function`, and a bad value keeps keys on."""
+        """Keys on ingest unless only bridge proofs are listed; blank or unparsable: keys on."""
         env = os.environ if environ is None else environ
         value = env.get("BRIDGE_AUTH_MODE", "")
         try:
