@@ -1,19 +1,18 @@
 """Every way data enters the bridge; the work itself lives in the `shared` package."""
 
-import os
-
 import azure.functions as func
 
 from shared import api, delivery
+from shared.settings import Settings
 from shared.store import QUEUES
 
-# Function keys are the platform's check, and it applies them only to FUNCTION-level triggers: the
-# ingest route needs a key exactly when BRIDGE_AUTH_MODE lists `function` (the default). Certificate
-# and HMAC proofs are the bridge's own. Reading one setting here creates nothing at import time.
-_KEYS = "function" in os.environ.get("BRIDGE_AUTH_MODE", "function").lower()
-INGEST_AUTH = func.AuthLevel.FUNCTION if _KEYS else func.AuthLevel.ANONYMOUS
+# Function keys are the platform's check, applied only to FUNCTION-level triggers; the settings
+# object decides whether ingest needs one (it fails closed). Reading it creates nothing.
+INGEST_AUTH = (
+    func.AuthLevel.FUNCTION if Settings.ingest_needs_function_key() else func.AuthLevel.ANONYMOUS
+)
 
-app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
 
 def _http(response: api.ApiResponse) -> func.HttpResponse:
@@ -32,10 +31,10 @@ def _http(response: api.ApiResponse) -> func.HttpResponse:
     auth_level=INGEST_AUTH,
 )
 def ingest(req: func.HttpRequest) -> func.HttpResponse:
-    return _http(api.ingest(req.method, dict(req.headers), req.get_body()))
+    return _http(api.ingest(req.method, dict(req.headers), req.get_body(), query=req.params))
 
 
-@app.route(route="health", methods=["GET"])
+@app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def health(req: func.HttpRequest) -> func.HttpResponse:
     return _http(api.health())
 

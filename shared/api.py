@@ -1,200 +1,57 @@
-"""The agent-facing HTTP contract: every status code and problem+json body is decided here, once."""
+"""The agent-facing HTTP contract: ingest as DESIGN's steps and the status of every answer after the
+request envelope (`envelope` answers for method, media type, size, JSON and schema)."""
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
-
-from shared import messages, timestamps
-from shared.auth import AuthError, authenticate, check_device
+from shared import __version__, envelope, messages, timestamps
+from shared.auth import AuthError, DeviceIdentity, authenticate, check_device
+from shared.certificate import CertificateFailure
 from shared.delivery import QueueOutcome, emit_outcome
 from shared.ids import new_report_id
 from shared.mapping import DeviceState, map_report
 from shared.models import ComplianceReport
 from shared.policy import Acceptance
+from shared.problems import PROBLEM_BASE, PROBLEM_JSON, ApiResponse, problem
 from shared.ratelimit import device_limiter
 from shared.runtime import Bridge, get_bridge
-from shared.settings import SettingsError
+from shared.settings import Settings, SettingsError
 from shared.store import StorageError
 from shared.telemetry import emit, script_output
 
 __all__ = ["PROBLEM_JSON", "ApiResponse", "health", "ingest", "problem"]
 
-PROBLEM_JSON = "application/problem+json"
-PROBLEM_BASE = "urn:intune-compliance-bridge:problem:"
-VERSION = "1.0.0"
-_MAX_JSON_DEPTH = 32
-
-
-@dataclass(frozen=True)
-class ApiResponse:
-    status: int
-    body: dict[str, Any]
-    headers: dict[str, str] = field(default_factory=dict)
-    content_type: str = "application/json"
-
-    def body_bytes(self) -> bytes:
-        return json.dumps(self.body, separators=(",", ":")).encode()
-
-
-class _BadRequest(Exception):
-    def __init__(self, response: ApiResponse) -> None:
-        self.response = response
-
-
-def problem(
-    status: int,
-    slug: str,
-    title: str,
-    detail: str,
-    *,
-    errors: list[dict[str, str]] | None = None,
-    headers: dict[str, str] | None = None,
-    **extra: Any,
-) -> ApiResponse:
-    """RFC 9457 problem details; `type` names the slug documented in docs/agent-api.md."""
-    body: dict[str, Any] = {
-        "type": PROBLEM_BASE + slug,
-        "title": title,
-        "status": status,
-        "detail": detail,
-    }
-    if errors is not None:
-        body["errors"] = errors
-    body.update({k: v for k, v in extra.items() if v is not None})
-    return ApiResponse(status, body, headers or {}, PROBLEM_JSON)
-
-
-def _field_errors(exc: ValidationError) -> list[dict[str, str]]:
-    """One entry per invalid field, named by its JSON path; the input itself is never echoed."""
-    out = []
-    for err in exc.errors(include_url=False, include_input=False):
-        path = ".".join(str(part) for part in err["loc"]) or "$"
-        message = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            message = "unknown field; the agent API rejects fields it does not define"
-        elif err["type"] == "missing":
-            message = "required"
-        out.append({"field": path, "message": message})
-    return out
-
-
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    if len(keys) != len(set(keys)):
-        duplicate = next(k for k in keys if keys.count(k) > 1)
-        raise ValueError(f"duplicate key {duplicate!r}")
-    return dict(pairs)
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _depth(value: Any, limit: int) -> int:
-    stack = [(value, 1)]
-    deepest = 0
-    while stack:
-        item, level = stack.pop()
-        deepest = max(deepest, level)
-        if deepest > limit:
-            break
-        if isinstance(item, dict):
-            stack.extend((v, level + 1) for v in item.values())
-        elif isinstance(item, list):
-            stack.extend((v, level + 1) for v in item)
-    return deepest
-
-
-def _check_envelope(method: str, headers: Mapping[str, str], body: bytes, max_bytes: int) -> Any:
-    """Method, media type, size and JSON syntax: the checks that need no schema."""
-    if method.upper() != "POST":
-        raise _BadRequest(
-            problem(
-                405,
-                "method-not-allowed",
-                "Method not allowed",
-                f"{method.upper()[:16]} is not supported here; send POST.",
-                headers={"Allow": "POST"},
-            )
-        )
-    content_type = headers.get("content-type", "")
-    media, _, params = content_type.partition(";")
-    charset = params.strip().lower().removeprefix("charset=").strip('"') if params.strip() else ""
-    if media.strip().lower() != "application/json" or charset not in ("", "utf-8"):
-        raise _BadRequest(
-            problem(
-                415,
-                "unsupported-media-type",
-                "Unsupported media type",
-                "Send the report as Content-Type: application/json (UTF-8).",
-            )
-        )
-    declared = headers.get("content-length")
-    if declared is not None:
-        if not declared.strip().isdigit():
-            raise _BadRequest(
-                problem(400, "bad-request", "Bad request", "Content-Length is not a number.")
-            )
-        if int(declared) > max_bytes:
-            raise _BadRequest(_too_large(max_bytes))
-    if len(body) > max_bytes:
-        raise _BadRequest(_too_large(max_bytes))
-    try:
-        data = json.loads(
-            body.decode("utf-8"),
-            object_pairs_hook=_reject_duplicates,
-            parse_constant=_reject_constant,
-        )
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        reason = str(exc).splitlines()[0][:200] if isinstance(exc, ValueError) else "not UTF-8"
-        if isinstance(exc, RecursionError):
-            reason = "nested too deeply"
-        raise _BadRequest(
-            problem(
-                400, "invalid-json", "Unreadable JSON", f"The body is not valid JSON: {reason}."
-            )
-        ) from None
-    if _depth(data, _MAX_JSON_DEPTH) > _MAX_JSON_DEPTH:
-        raise _BadRequest(
-            problem(400, "invalid-json", "Unreadable JSON", "The body is nested too deeply.")
-        )
-    if not isinstance(data, dict):
-        raise _BadRequest(
-            problem(
-                422,
-                "invalid-report",
-                "Invalid report",
-                "The body must be a JSON object.",
-                errors=[{"field": "$", "message": "must be a JSON object"}],
-            )
-        )
-    return data
-
-
-def _too_large(max_bytes: int) -> ApiResponse:
-    return problem(
-        413,
-        "payload-too-large",
-        "Payload too large",
-        f"The body exceeds {max_bytes} bytes; cap script output on the device.",
-    )
+# Valid credentials that are not enough for this request are a 403; every other refusal is a 401.
+_FORBIDDEN = frozenset({CertificateFailure.NOT_A_DEVICE, CertificateFailure.DEVICE_MISMATCH})
 
 
 def _refused(error: AuthError, report_id: str | None = None) -> ApiResponse:
     """401/403 with the failed check as the slug; the credential itself is never repeated."""
-    emit("rejected", status=error.status, reason=error.slug, reportId=report_id)
-    title = "Authentication failed" if error.status == 401 else "Not allowed for this device"
-    return problem(error.status, error.slug, title, error.detail, reportId=report_id)
+    status = 403 if error.failure in _FORBIDDEN else 401
+    emit("rejected", status=status, reason=error.slug, reportId=report_id)
+    title = "Authentication failed" if status == 401 else "Not allowed for this device"
+    return problem(status, error.slug, title, error.detail, reportId=report_id)
+
+
+def _key_in_query(query: Mapping[str, str]) -> ApiResponse | None:
+    """`?code=` works on the platform but lands in request logs: the key goes in a header."""
+    if not any(name.lower() == "code" for name in query):
+        return None
+    emit("rejected", status=401, reason="function-key-in-query")
+    return problem(
+        401,
+        "function-key-in-query",
+        "Authentication failed",
+        "Send the function key in the x-functions-key header, never as ?code= in the URL "
+        "(query strings are logged); rotate a key that was sent that way.",
+    )
 
 
 def _unavailable(detail: str, retry_after: float, **extra: Any) -> ApiResponse:
@@ -216,9 +73,37 @@ def ingest(
     *,
     bridge: Bridge | None = None,
     now: datetime | None = None,
+    query: Mapping[str, str] | None = None,
 ) -> ApiResponse:
-    """Handle `POST /api/v1/compliance-script-results`; any failure a client caused is a 4xx."""
-    received_at = now or datetime.now(UTC)
+    """Handle `POST /api/v1/compliance-script-results`; any failure a client caused is a 4xx,
+    and a fault of the bridge's own is a planned 500 problem, never the host's bare one."""
+    try:
+        received_at = now or datetime.now(UTC)
+        return _ingest(
+            method, headers, body, bridge=bridge, received_at=received_at, query=query or {}
+        )
+    except Exception as exc:  # the last resort: every known failure was answered before here
+        logging.getLogger("bridge").exception("ingest failed unexpectedly")
+        emit("error", level=logging.ERROR, status=500, reason=type(exc).__name__)
+        return problem(
+            500,
+            "internal-error",
+            "Internal error",
+            "The bridge failed on this report; nothing was stored. Send it again later; its "
+            "operators have been told.",
+        )
+
+
+def _ingest(
+    method: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    bridge: Bridge | None,
+    received_at: datetime,
+    query: Mapping[str, str],
+) -> ApiResponse:
+    """DESIGN's data flow: envelope, authenticate (raw bytes), parse and validate, then map."""
     headers = {k.lower(): v for k, v in headers.items()}
     try:
         bridge = bridge or get_bridge()
@@ -227,29 +112,46 @@ def ingest(
         return _unavailable("The bridge is misconfigured; its operators have been told.", 60)
     settings = bridge.settings
     try:
-        data = _check_envelope(method, headers, body, settings.max_body_bytes)
+        envelope.check(method, headers, body, settings.max_body_bytes)
+        if "function" in settings.auth_modes and (refusal := _key_in_query(query)):
+            return refusal
         identity = authenticate(settings, headers, body, now=received_at)
-        report = ComplianceReport.model_validate(
-            data, context={"now": received_at, "clock_skew": settings.clock_skew}
-        )
-    except _BadRequest as bad:
+        report = envelope.validate(envelope.parse(body), settings, received_at)
+    except envelope.BadRequest as bad:
         slug = bad.response.body["type"].removeprefix(PROBLEM_BASE)
-        emit("rejected", status=bad.response.status, reason=slug)
+        emit(
+            "rejected",
+            status=bad.response.status,
+            reason=slug,
+            invalidFields=bad.invalid_fields,
+        )
         return bad.response
     except AuthError as refused:
         return _refused(refused)
-    except ValidationError as exc:
-        errors = _field_errors(exc)
-        emit("rejected", status=422, reason="invalid-report", invalidFields=len(errors))
-        return problem(
-            422,
-            "invalid-report",
-            "Invalid report",
-            f"{len(errors)} field(s) failed validation.",
-            errors=errors,
-        )
     # A verified webhook-id is the sender's idempotency key: it names a report that has no id.
     report_id = report.report_id or identity.webhook_id or new_report_id()
+    if refusal := _check_sender(settings, identity, report, report_id):
+        return refusal
+    state = map_report(
+        report,
+        received_at=received_at,
+        script_interval=settings.script_interval,
+        max_output_chars=settings.max_output_chars,
+    )
+    return _accept(
+        bridge,
+        report_id=report_id,
+        report=report,
+        state=state,
+        received_at=received_at,
+        agent=_agent(headers),
+    )
+
+
+def _check_sender(
+    settings: Settings, identity: DeviceIdentity, report: ComplianceReport, report_id: str
+) -> ApiResponse | None:
+    """The device, the script and the device's rate: a refusal, or None to go on."""
     try:
         check_device(identity, report.device_id)
     except AuthError as refused:
@@ -275,20 +177,7 @@ def ingest(
             headers={"Retry-After": str(wait)},
             reportId=report_id,
         )
-    state = map_report(
-        report,
-        received_at=received_at,
-        script_interval=settings.script_interval,
-        max_output_chars=settings.max_output_chars,
-    )
-    return _accept(
-        bridge,
-        report_id=report_id,
-        report=report,
-        state=state,
-        received_at=received_at,
-        agent=_agent(headers),
-    )
+    return None
 
 
 _AGENT = re.compile(r"intune-compliance-agent/([A-Za-z0-9._+-]{1,32})")
@@ -452,12 +341,14 @@ def health() -> ApiResponse:
     try:
         settings = get_bridge().settings
     except SettingsError as exc:
-        return problem(503, "misconfigured", "Bridge misconfigured", str(exc))
+        # Anonymous callers learn which settings to fix, never what they hold.
+        names = ", ".join(dict.fromkeys(exc.names)) or "unknown"
+        return problem(503, "misconfigured", "Bridge misconfigured", f"Invalid settings: {names}.")
     return ApiResponse(
         200,
         {
             "status": "ok",
-            "version": VERSION,
+            "version": __version__,
             "deliveryMode": settings.delivery_mode,
             "graphCloud": settings.graph_cloud.value,
         },

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -21,7 +20,9 @@ from pydantic import (
     model_validator,
 )
 
+from shared import timestamps
 from shared.ids import REPORT_ID, canonical_guid
+from shared.timestamps import EARLIEST
 
 __all__ = [
     "ODATA_TYPE",
@@ -29,16 +30,12 @@ __all__ = [
     "DetectionState",
     "Execution",
     "StateBody",
-    "parse_timestamp",
 ]
 
 ODATA_TYPE = "#microsoft.graph.deviceComplianceScriptDeviceState"
 
-# Graph's DateTimeOffset: a zone is mandatory; fractions up to 12 digits.
-_TIMESTAMP = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,12}))?"
-    r"(?P<zone>[Zz]|[+-]\d{2}:\d{2})?$"
-)
+# DESIGN mapping rule 5: the next expected run lies at most this far ahead of the bridge's clock.
+NEXT_RUN_HORIZON = timedelta(days=366)
 
 
 class DetectionState(StrEnum):
@@ -52,33 +49,10 @@ class DetectionState(StrEnum):
     NOT_APPLICABLE = "notApplicable"
 
 
-def parse_timestamp(value: Any) -> datetime:
-    """Strict RFC 3339 with a zone: Graph would guess a naive time wrong, so it is refused."""
-    if not isinstance(value, str):
-        raise ValueError("must be an RFC 3339 timestamp string such as 2026-11-28T10:00:00Z")
-    m = _TIMESTAMP.match(value.strip())
-    if not m:
-        raise ValueError("must be an RFC 3339 timestamp such as 2026-11-28T10:00:00Z")
-    if not m.group("zone"):
-        raise ValueError("must carry a zone offset (Z or +hh:mm); naive timestamps are ambiguous")
-    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
-    micro = int((m.group(7) or "0")[:6].ljust(6, "0"))
-    zone = m.group("zone")
-    if zone in ("Z", "z"):
-        tz = UTC
-    else:
-        sign = 1 if zone[0] == "+" else -1
-        hours, minutes = int(zone[1:3]), int(zone[4:6])
-        if hours > 23 or minutes > 59:
-            raise ValueError("has an invalid zone offset")
-        tz = timezone(sign * timedelta(hours=hours, minutes=minutes))
-    try:
-        return datetime(year, month, day, hour, minute, second, micro, tzinfo=tz)
-    except ValueError as exc:
-        raise ValueError(f"is not a valid date/time ({exc})") from None
-
-
-def _not_in_future(value: datetime, info: ValidationInfo) -> datetime:
+def _past_event(value: datetime, info: ValidationInfo) -> datetime:
+    """Between 2000-01-01 and the bridge's clock plus the allowed skew."""
+    if value < EARLIEST:
+        raise ValueError("is before 2000-01-01T00:00:00Z; check the device clock")
     context = info.context or {}
     now: datetime | None = context.get("now")
     skew: timedelta = context.get("clock_skew", timedelta(minutes=5))
@@ -89,8 +63,19 @@ def _not_in_future(value: datetime, info: ValidationInfo) -> datetime:
     return value
 
 
-Timestamp = Annotated[datetime, BeforeValidator(parse_timestamp)]
-PastTimestamp = Annotated[Timestamp, AfterValidator(_not_in_future)]
+def _next_run(value: datetime, info: ValidationInfo) -> datetime:
+    """After 2000-01-01 and at most 366 days ahead: a script runs at least once a year."""
+    if value <= EARLIEST:
+        raise ValueError("is not after 2000-01-01T00:00:00Z; check the device clock")
+    now: datetime | None = (info.context or {}).get("now")
+    if now is not None and value - now > NEXT_RUN_HORIZON:
+        raise ValueError("is more than 366 days ahead; check the device clock")
+    return value
+
+
+Timestamp = Annotated[datetime, BeforeValidator(timestamps.parse)]
+PastTimestamp = Annotated[Timestamp, AfterValidator(_past_event)]
+NextRunTimestamp = Annotated[Timestamp, AfterValidator(_next_run)]
 Guid = Annotated[str, BeforeValidator(lambda v: canonical_guid(v) if isinstance(v, str) else v)]
 
 
@@ -129,7 +114,9 @@ class StateBody(_Strict):
     )
     detection_state: DetectionState = Field(alias="detectionState")
     last_state_update: PastTimestamp = Field(alias="lastStateUpdateDateTime")
-    expected_state_update: Timestamp | None = Field(None, alias="expectedStateUpdateDateTime")
+    expected_state_update: NextRunTimestamp | None = Field(
+        None, alias="expectedStateUpdateDateTime"
+    )
     last_sync: PastTimestamp | None = Field(None, alias="lastSyncDateTime")
     script_output: StrictStr | None = Field(None, alias="scriptOutput")
     script_error: StrictStr | None = Field(None, alias="scriptError")
@@ -153,7 +140,7 @@ class ComplianceReport(_Strict):
     execution: Execution | None = None
     state: StateBody | None = None
     detection_state: DetectionState | None = Field(None, alias="detectionState")
-    next_run_at: Timestamp | None = Field(None, alias="nextRunAt")
+    next_run_at: NextRunTimestamp | None = Field(None, alias="nextRunAt")
     last_sync_at: PastTimestamp | None = Field(None, alias="lastSyncAt")
 
     @model_validator(mode="after")

@@ -23,6 +23,13 @@ from pydantic import (
 )
 
 from shared.ids import canonical_guid
+from shared.proofs import (
+    BRIDGE_PROOFS,
+    DEFAULT_AUTH_MODES,
+    load_ca_bundle,
+    parse_auth_modes,
+    parse_hmac_secrets,
+)
 
 __all__ = [
     "CLOUDS",
@@ -131,7 +138,11 @@ def _split_list(value: Any) -> Any:
 
 
 class SettingsError(ValueError):
-    """A setting is invalid; the message names each one, so a bad deploy fails loudly."""
+    """A setting is invalid; the message names each one (`names`: the names alone, no values)."""
+
+    def __init__(self, message: str, names: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.names = names
 
 
 class Settings(BaseModel):
@@ -170,13 +181,14 @@ class Settings(BaseModel):
         frozenset(), alias="BRIDGE_ALLOWED_SCRIPT_IDS"
     )
     # Device authentication (docs/authentication.md): every listed mode must pass.
-    auth_modes: Annotated[frozenset[str], BeforeValidator(_split_list)] = Field(
-        frozenset({"function"}), alias="BRIDGE_AUTH_MODE", validate_default=True
+    auth_modes: Annotated[frozenset[str], BeforeValidator(parse_auth_modes)] = Field(
+        DEFAULT_AUTH_MODES, alias="BRIDGE_AUTH_MODE"
     )
+    # Read only when their mode is on: an unused mode's setting never takes the bridge down.
     trusted_ca_certs: tuple[bytes, ...] = Field(
         (), alias="BRIDGE_TRUSTED_CA_CERTS", repr=False, validate_default=True
     )
-    hmac_secrets: Annotated[tuple[SecretStr, ...], BeforeValidator(_split_list)] = Field(
+    hmac_secrets: tuple[SecretStr, ...] = Field(
         (), alias="BRIDGE_HMAC_SECRETS", repr=False, validate_default=True
     )
     device_rate_limit: int = Field(60, alias="BRIDGE_DEVICE_RATE_LIMIT", ge=0)
@@ -329,33 +341,15 @@ class Settings(BaseModel):
     def _script_ids(cls, value: frozenset[str]) -> frozenset[str]:
         return frozenset(canonical_guid(item) for item in value)
 
-    @field_validator("auth_modes")
+    @field_validator("trusted_ca_certs", "hmac_secrets", mode="before")
     @classmethod
-    def _auth_modes(cls, value: frozenset[str]) -> frozenset[str]:
-        from shared.auth import AUTH_MODES
-
-        modes = frozenset(mode.lower() for mode in value)
-        if not modes or not modes <= set(AUTH_MODES):
-            raise ValueError(f"must list one or more of {', '.join(AUTH_MODES)}")
-        return modes
-
-    @field_validator("trusted_ca_certs", mode="before")
-    @classmethod
-    def _ca_bundle(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            from shared.auth import load_ca_bundle
-
-            return load_ca_bundle(value)
-        return value
-
-    @field_validator("hmac_secrets")
-    @classmethod
-    def _hmac_secrets(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
-        from shared.auth import parse_hmac_secret
-
-        for secret in value:
-            parse_hmac_secret(secret.get_secret_value())
-        return value
+    def _proof_setting(cls, value: Any, info: ValidationInfo) -> Any:
+        mode = "certificate" if info.field_name == "trusted_ca_certs" else "hmac"
+        if mode not in info.data.get("auth_modes", ()):
+            return ()
+        if mode == "hmac":
+            return parse_hmac_secrets(value)
+        return load_ca_bundle(value) if isinstance(value, str) else value
 
     @field_validator("trusted_ca_certs", "hmac_secrets")
     @classmethod
@@ -365,6 +359,17 @@ class Settings(BaseModel):
             name = cls.model_fields[str(info.field_name)].alias
             raise ValueError(f"{name} is required when BRIDGE_AUTH_MODE includes {mode}")
         return value
+
+    @classmethod
+    def ingest_needs_function_key(cls, environ: Mapping[str, str] | None = None) -> bool:
+        """Keys on ingest unless only bridge proofs are listed; blank or unparsable: keys on."""
+        env = os.environ if environ is None else environ
+        value = env.get("BRIDGE_AUTH_MODE", "")
+        try:
+            modes = parse_auth_modes(value) if value.strip() else DEFAULT_AUTH_MODES
+        except ValueError:
+            return True
+        return "function" in modes or not modes & BRIDGE_PROOFS
 
     @property
     def graph_root(self) -> str:
@@ -397,12 +402,13 @@ class Settings(BaseModel):
         try:
             return cls.model_validate(values)
         except ValidationError as exc:
+            errors = exc.errors(include_input=False, include_url=False)
+            names = tuple(".".join(str(p) for p in err["loc"]) or "settings" for err in errors)
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: "
-                f"{err['msg'].removeprefix('Value error, ')}"
-                for err in exc.errors()
+                f"{name}: {err['msg'].removeprefix('Value error, ')}"
+                for name, err in zip(names, errors, strict=True)
             )
-            raise SettingsError(f"invalid settings: {problems}") from None
+            raise SettingsError(f"invalid settings: {problems}", names) from None
 
 
 @lru_cache(maxsize=1)

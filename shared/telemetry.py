@@ -50,8 +50,9 @@ CUSTOM_EVENT = "microsoft.custom_event.name"
 # The names below are infra/telemetry-contract.json's (tests/test_telemetry.py keeps them equal).
 OUTCOMES = ("accepted", "delivered", "ignored", "retried", "rejected", "poisoned")
 # Diagnostics beside the outcomes: why a client certificate did not chain (the `rejected` event
-# that follows carries the outcome).
-EVENTS = (*OUTCOMES, "certificateUntrusted")
+# that follows carries the outcome), a certificate accepted although it names no tenant while
+# BRIDGE_TENANT_ID is set, and `error`: ingest's last resort answered a fault of the bridge's own.
+EVENTS = (*OUTCOMES, "certificateUntrusted", "certificateWithoutTenant", "error")
 DIMENSIONS = (
     "reportId",
     "scriptId",

@@ -1,5 +1,6 @@
 """A test PKI shaped like Intune's: a root, the `Microsoft Intune MDM Device CA` intermediate, and
-device leaves whose subject CN is the device id. EC P-256 keys keep generation to milliseconds.
+device leaves whose subject CN is the device id and which may carry an Entra tenant id the way the
+Intune MDM Device CA stamps it. EC P-256 keys keep generation to milliseconds.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 INTUNE_CA = "Microsoft Intune MDM Device CA"
+# Two tenants, so a test can show that a chain-valid certificate of the other one is refused.
+TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+OTHER_TENANT = "0c2b9a4e-1f3d-4e5a-8b6c-7d9e0f1a2b3c"
+TENANT_OID = x509.ObjectIdentifier("1.2.840.113556.5.14")
 Key = ec.EllipticCurvePrivateKey
 
 
@@ -89,6 +94,8 @@ class Pki:
         usages: tuple[x509.ObjectIdentifier, ...] | None = (ExtendedKeyUsageOID.CLIENT_AUTH,),
         self_signed: bool = False,
         common_name: str | None = None,
+        tenant_id: str | None = None,
+        tenant_value: bytes | None = None,
     ) -> tuple[x509.Certificate, Key]:
         """A device certificate (CN = device id, client-auth EKU, no SAN) and its private key."""
         now = datetime.now(UTC)
@@ -114,7 +121,19 @@ class Pki:
         )
         if usages is not None:
             builder = builder.add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
+        if tenant_id is not None:
+            tenant_value = tenant_extension(tenant_id)
+        if tenant_value is not None:
+            builder = builder.add_extension(
+                x509.UnrecognizedExtension(TENANT_OID, tenant_value), critical=False
+            )
         return builder.sign(signer, hashes.SHA256()), key
+
+
+def tenant_extension(tenant_id: str) -> bytes:
+    """The extension value as Intune writes it: an OCTET STRING of the GUID's 16 bytes in
+    Microsoft's mixed-endian order (`uuid.UUID.bytes_le`)."""
+    return b"\x04\x10" + uuid.UUID(tenant_id).bytes_le
 
 
 def header(cert: x509.Certificate) -> str:

@@ -22,7 +22,7 @@ from shared.api import PROBLEM_JSON, ingest
 from shared.auth import authenticate
 from shared.runtime import Bridge
 from shared.settings import Settings, SettingsError
-from tests.certs import header, trusted, untrusted
+from tests.certs import OTHER_TENANT, TENANT, header, tenant_extension, trusted, untrusted
 from tests.conftest import IDENTITY_HEADER
 from tests.stack import (
     DEVICE,
@@ -231,3 +231,51 @@ def test_a_refused_certificate_never_reaches_graph_over_http(
         response = post(cert_host, cert, report_body())
         assert response.status_code == 401
     assert graph.requests() == []
+
+
+# --- the tenant the certificate was issued to ----------------------------------------------------
+
+
+def post_with_tenant(cert: x509.Certificate, **extra: str) -> Any:
+    settings = cert_settings(**extra)
+    bridge = Bridge(settings=settings, graph=UnreachableGraph())  # type: ignore[arg-type]
+    body = json.dumps(report_body(deviceId="not-a-guid")).encode()  # 422: past authentication
+    return ingest("POST", {**JSON, "X-ARR-ClientCert": header(cert)}, body, bridge=bridge)
+
+
+def test_a_certificate_of_another_tenant_is_refused_when_the_tenant_is_pinned() -> None:
+    other = trusted().leaf(DEVICE, tenant_id=OTHER_TENANT)
+    refused = post_with_tenant(other, BRIDGE_TENANT_ID=TENANT)
+    assert refused.status == 401
+    assert refused.body["type"].endswith(":certificate-wrong-tenant")
+    ours = trusted().leaf(DEVICE, tenant_id=TENANT.upper())
+    assert post_with_tenant(ours, BRIDGE_TENANT_ID=TENANT).status == 422
+
+
+def test_without_a_pinned_tenant_every_tenant_chains_as_before() -> None:
+    assert post_with_tenant(trusted().leaf(DEVICE, tenant_id=OTHER_TENANT)).status == 422
+
+
+def test_the_tenant_is_read_in_microsofts_byte_order_not_as_big_endian() -> None:
+    big_endian = b"\x04\x10" + uuid.UUID(TENANT).bytes
+    cert = trusted().leaf(DEVICE, tenant_value=big_endian)
+    assert post_with_tenant(cert, BRIDGE_TENANT_ID=TENANT).status == 401
+    assert tenant_extension(TENANT)[2:] == uuid.UUID(TENANT).bytes_le
+
+
+def test_a_certificate_without_a_tenant_is_accepted_and_telemetry_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    response = post_with_tenant(trusted().leaf(DEVICE), BRIDGE_TENANT_ID=TENANT)
+    assert response.status == 422
+    events = [getattr(r, "microsoft.custom_event.name", None) for r in caplog.records]
+    assert "certificateWithoutTenant" in events
+
+
+@pytest.mark.parametrize(
+    "value", [b"\x04\x0f" + b"\x00" * 15, b"\x04\x10" + b"\x00" * 15, b"\x02\x10" + b"\x00" * 16]
+)
+def test_an_unreadable_tenant_extension_is_refused_when_the_tenant_is_pinned(value: bytes) -> None:
+    response = post_with_tenant(trusted().leaf(DEVICE, tenant_value=value), BRIDGE_TENANT_ID=TENANT)
+    assert response.status == 401
+    assert response.body["type"].endswith(":certificate-malformed")

@@ -140,7 +140,8 @@ def test_security_scenarios_in_process_leave_no_credential_in_any_log_record(
     answers = {name: ingest("POST", headers, body, bridge=bridge) for name, headers, body in sent}
     assert answers["accepted"].status == 200, answers["accepted"].body
     assert answers["old-secret"].status == 200
-    assert answers["replayed"].status == 401
+    # A replay is an idempotent success (Standard Webhooks); the same run state is written.
+    assert answers["replayed"].status == 200
     assert answers["device-mismatch"].status == 403
     assert len(graph.states()) == 1
     assert caplog.records, "nothing was logged: the test would prove nothing"

@@ -41,6 +41,23 @@ DETECTION_RULES = [
     pytest.param({"stdout": "[1, 2]"}, {}, "scriptError", id="json-array-is-not-an-object"),
     pytest.param({"stdout": '"on"'}, {}, "scriptError", id="json-string-is-not-an-object"),
     pytest.param({"stdout": "{}{}"}, {}, "scriptError", id="two-objects-are-not-one"),
+    pytest.param({"stdout": '{"a": NaN}'}, {}, "scriptError", id="nan-is-not-json"),
+    pytest.param({"stdout": '{"a": -Infinity}'}, {}, "scriptError", id="infinity-is-not-json"),
+    pytest.param(
+        {"stdout": '{"a": 1, "a": 2}'}, {}, "scriptError", id="duplicate-keys-are-not-one-object"
+    ),
+    pytest.param(
+        {"stdout": "[" * 100_000}, {}, "scriptError", id="deep-nesting-never-fails-mapping"
+    ),
+    pytest.param(
+        {"stdout": '{"a":' * 50_000 + "1" + "}" * 50_000},
+        {},
+        "scriptError",
+        id="deep-objects-never-fail-mapping",
+    ),
+    pytest.param(
+        {"stdout": '{"k": "\\u0000\\u001f"}'}, {}, "success", id="escaped-controls-are-data"
+    ),
     pytest.param({"exitCode": 1}, {"detectionState": "success"}, "success", id="override-wins"),
     *(
         pytest.param({}, {"detectionState": value}, value, id=f"override-{value}")
@@ -102,6 +119,13 @@ def test_timed_out_adds_a_note_to_script_error() -> None:
         f"slow\n{TIMED_OUT_NOTE}"
     )
     assert mapped(report({"timedOut": True}))["scriptError"] == TIMED_OUT_NOTE
+
+
+def test_the_timed_out_note_survives_a_cut_of_stderr() -> None:
+    body = mapped(report({"timedOut": True, "stderr": "e" * 5000}), limit=1000)
+    assert len(body["scriptError"]) <= 1000
+    assert body["scriptError"].endswith(TIMED_OUT_NOTE)
+    assert TRUNCATION_MARKER in body["scriptError"]
 
 
 def test_output_over_the_limit_is_cut_to_the_limit_with_a_visible_marker() -> None:

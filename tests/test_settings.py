@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 
 from shared.settings import Settings, SettingsError, parse_duration
+from tests.certs import trusted
 
 # Queue mode (the default) needs storage; these tests are about other settings.
 STORAGE = {"AzureWebJobsStorage": "UseDevelopmentStorage=true"}
@@ -71,11 +72,33 @@ def test_durations_accept_the_forms_admins_write(text: str, seconds: int) -> Non
         ("BRIDGE_ALLOWED_SCRIPT_IDS", "not-a-guid"),
         ("BRIDGE_CREDENTIAL", "client_secret"),
         ("BRIDGE_DELIVERY_MODE", "later"),
+        ("BRIDGE_AUTH_MODE", "certficate"),
+        ("BRIDGE_AUTH_MODE", ","),
+        ("BRIDGE_TENANT_ID", "contoso.onmicrosoft.com"),
     ],
 )
 def test_invalid_setting_fails_naming_the_setting(name: str, value: str) -> None:
-    with pytest.raises(SettingsError, match=name):
+    with pytest.raises(SettingsError, match=name) as caught:
         Settings.from_env({**STORAGE, name: value})
+    assert caught.value.names == (name,)
+
+
+@pytest.mark.parametrize(
+    ("value", "modes"),
+    [
+        ("", {"function"}),
+        ("   ", {"function"}),
+        ("Certificate", {"certificate"}),
+        ("certificate, hmac", {"certificate", "hmac"}),
+        ("hmac;function", {"hmac", "function"}),
+    ],
+)
+def test_auth_modes_are_read_once_and_blank_means_function(value: str, modes: set[str]) -> None:
+    extra = {
+        "BRIDGE_TRUSTED_CA_CERTS": trusted().bundle_pem,
+        "BRIDGE_HMAC_SECRETS": "whsec_" + "A" * 44,
+    }
+    assert load(BRIDGE_AUTH_MODE=value, **extra).auth_modes == modes
 
 
 def test_allowed_script_ids_are_a_canonical_set() -> None:
