@@ -2,7 +2,7 @@
 
 import azure.functions as func
 
-from shared import api, delivery
+from shared import api, runtime
 from shared.settings import Settings
 from shared.store import QUEUES
 
@@ -42,14 +42,14 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
 # One queue per destination, so one destination's outage never delays another's writes.
 @app.queue_trigger(arg_name="msg", queue_name=QUEUES["graph"], connection="AzureWebJobsStorage")
 def deliver_graph(msg: func.QueueMessage) -> None:
-    delivery.on_queue_message("graph", msg.get_body().decode("utf-8"), msg.dequeue_count)
+    runtime.on_queue_message("graph", msg.get_body().decode("utf-8"), msg.dequeue_count)
 
 
 @app.queue_trigger(arg_name="msg", queue_name=QUEUES["logs"], connection="AzureWebJobsStorage")
 def deliver_logs(msg: func.QueueMessage) -> None:
-    delivery.on_queue_message("logs", msg.get_body().decode("utf-8"), msg.dequeue_count)
+    runtime.on_queue_message("logs", msg.get_body().decode("utf-8"), msg.dequeue_count)
 
 
 @app.queue_trigger(arg_name="msg", queue_name=QUEUES["entra"], connection="AzureWebJobsStorage")
 def deliver_entra(msg: func.QueueMessage) -> None:
-    delivery.on_queue_message("entra", msg.get_body().decode("utf-8"), msg.dequeue_count)
+    runtime.on_queue_message("entra", msg.get_body().decode("utf-8"), msg.dequeue_count)

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared import messages
-from shared.destinations import Destination, Item, Written
+from shared.destinations.base import Destination, Item, Written
 from shared.outcomes import CallResult, Outcome
 from shared.pacing import MAX_RETRY_AFTER, SharedBudget, Slot
 from shared.policy import Claim
@@ -32,7 +32,6 @@ __all__ = [
     "QueueOutcome",
     "backoff_delay",
     "emit_outcome",
-    "on_queue_message",
 ]
 
 # A booked slot is used only this close to its time: writes shifted by at most this much keep
@@ -362,13 +361,3 @@ def emit_outcome(destination: str, outcome: QueueOutcome, dequeue_count: int | N
         retryDelayMs=round(outcome.delay * 1000) if outcome.delay else None,
         ageMs=age_ms(message.get("acceptedAt")),
     )
-
-
-def on_queue_message(destination: str, text: str, dequeue_count: int = 1) -> list[QueueOutcome]:
-    """A queue trigger's body: deliver with the process-wide clients and report each outcome."""
-    from shared.runtime import get_bridge
-
-    outcomes = get_bridge().delivery(destination).process(text, dequeue_count)
-    for outcome in outcomes:
-        emit_outcome(destination, outcome, dequeue_count)
-    return outcomes

@@ -12,11 +12,11 @@ from shared.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from shared.delivery import Delivery
-    from shared.destinations import Destination
+    from shared.destinations.base import Destination
     from shared.pacing import SharedBudget
     from shared.store import Storage
 
-__all__ = ["Bridge", "get_bridge", "storage_credential"]
+__all__ = ["Bridge", "get_bridge", "on_queue_message", "storage_credential"]
 
 
 def storage_credential(settings: Settings, shared: TokenSource | None = None) -> TokenSource | None:
@@ -111,3 +111,13 @@ def get_bridge() -> Bridge:
             if _bridge is None:
                 _bridge = Bridge.from_settings(get_settings())
     return _bridge
+
+
+def on_queue_message(destination: str, text: str, dequeue_count: int = 1) -> list[Any]:
+    """A queue trigger's body: deliver with the process-wide clients and report each outcome."""
+    from shared.delivery import emit_outcome
+
+    outcomes = get_bridge().delivery(destination).process(text, dequeue_count)
+    for outcome in outcomes:
+        emit_outcome(destination, outcome, dequeue_count)
+    return outcomes

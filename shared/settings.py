@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    TypeAdapter,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -66,14 +67,14 @@ CLOUDS: dict[Cloud, str] = {
 }
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
-_ISO_DURATION = re.compile(
-    r"^P(?:(?P<d>\d+)D)?(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$", re.I
-)
+_TIMEDELTA = TypeAdapter(timedelta)
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _TEMPLATE_LITERALS = re.compile(r"[A-Za-z0-9:_.-]*")
 # A data collection rule's immutable id, and a DCR stream of a custom table.
-_DCR_ID = re.compile(r"dcr-[0-9a-f]{32}")
-_STREAM = re.compile(r"Custom-[A-Za-z0-9_]{1,60}_CL")
+_LOGS_NAMES = {
+    "logs_rule_id": (re.compile(r"dcr-[0-9a-f]{32}"), "dcr- and 32 hex digits (the immutable id)"),
+    "logs_stream": (re.compile(r"Custom-[A-Za-z0-9_]{1,60}_CL"), "Custom-<table>_CL"),
+}
 DESTINATIONS = ("graph", "logs", "entra")
 # How long one queue execution may sleep for its write slot before it hands the message back.
 BUDGET_WAIT_SECONDS = 3.0
@@ -82,26 +83,19 @@ LOOKUP = "lookup"
 
 
 def parse_duration(value: Any) -> timedelta:
-    """Accept what administrators write in app settings: `8h`, `300`, `5m`, `PT8H`, `00:05:00`."""
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, int | float):
-        return timedelta(seconds=value)
+    """Accept what administrators write in app settings: `8h`, `300`, `5m`, `PT8H`, `00:05:00`.
+
+    The short forms are ours; ISO 8601 and `HH:MM:SS` are pydantic's own timedelta parsing.
+    """
+    if isinstance(value, timedelta | int | float):
+        return value if isinstance(value, timedelta) else timedelta(seconds=value)
     text = str(value).strip()
     if m := _DURATION.match(text):
         return timedelta(seconds=float(m.group(1)) * _UNIT_SECONDS[(m.group(2) or "s").lower()])
-    if (m := _ISO_DURATION.match(text)) and any(m.groupdict().values()):
-        parts = {k: float(v) for k, v in m.groupdict().items() if v}
-        return timedelta(
-            days=parts.get("d", 0),
-            hours=parts.get("h", 0),
-            minutes=parts.get("m", 0),
-            seconds=parts.get("s", 0),
-        )
-    if re.fullmatch(r"\d{1,2}:\d{2}:\d{2}", text):
-        h, m_, s = (int(p) for p in text.split(":"))
-        return timedelta(hours=h, minutes=m_, seconds=s)
-    raise ValueError(f"not a duration: {text!r} (use e.g. 8h, 5m, 300s or PT8H)")
+    try:
+        return _TIMEDELTA.validate_python(text)
+    except ValidationError:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 8h, 5m, 300s or PT8H)") from None
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
@@ -251,27 +245,19 @@ class Settings(BaseModel):
             raise ValueError(f"must list one or more of {', '.join(DESTINATIONS)}")
         return names
 
-    @field_validator("logs_rule_id")
+    @field_validator("logs_rule_id", "logs_stream")
     @classmethod
-    def _rule_id(cls, value: str | None) -> str | None:
-        if value is not None and not _DCR_ID.fullmatch(value.strip()):
-            raise ValueError("must be a data collection rule's immutable id (dcr- and 32 hex)")
+    def _logs_names(cls, value: str | None, info: ValidationInfo) -> str | None:
+        pattern, form = _LOGS_NAMES[str(info.field_name)]
+        if value is not None and not pattern.fullmatch(value.strip()):
+            raise ValueError(f"must be {form}")
         return value.strip() if value else None
-
-    @field_validator("logs_stream")
-    @classmethod
-    def _stream(cls, value: str) -> str:
-        if not _STREAM.fullmatch(value.strip()):
-            raise ValueError("must name a custom table's stream, e.g. Custom-MyTable_CL")
-        return value.strip()
 
     @field_validator("logs_endpoint")
     @classmethod
     def _logs_endpoint(cls, value: str | None) -> str | None:
         if value and not re.match(r"^https?://[^\s/?#]+/?$", value.strip()):
-            raise ValueError(
-                "must be the DCR's logs ingestion endpoint, e.g. https://....ingest..."
-            )
+            raise ValueError("must be the rule's logs ingestion endpoint (https://host)")
         return value.strip().rstrip("/") if value else None
 
     @field_validator("tenant_id", "run_state_lookup_fallback")
@@ -299,18 +285,12 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _destination_settings(self) -> Settings:
-        missing = []
-        if "logs" in self.destinations:
-            missing += [
-                name
-                for name, value in (
-                    ("BRIDGE_LOGS_ENDPOINT", self.logs_endpoint),
-                    ("BRIDGE_LOGS_RULE_ID", self.logs_rule_id),
-                )
-                if not value
-            ]
-        if "entra" in self.destinations and not self.entra_attributes:
-            missing.append("BRIDGE_ENTRA_ATTRIBUTES")
+        needed = {
+            "BRIDGE_LOGS_ENDPOINT": ("logs", self.logs_endpoint),
+            "BRIDGE_LOGS_RULE_ID": ("logs", self.logs_rule_id),
+            "BRIDGE_ENTRA_ATTRIBUTES": ("entra", self.entra_attributes),
+        }
+        missing = [n for n, (d, value) in needed.items() if d in self.destinations and not value]
         if missing:
             raise ValueError(f"{', '.join(missing)} required by BRIDGE_DESTINATIONS")
         return self

@@ -28,8 +28,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from shared import runtime, telemetry
 from shared.api import ingest
-from shared.delivery import on_queue_message
-from shared.runtime import Bridge
+from shared.runtime import Bridge, on_queue_message
 from shared.settings import Settings
 from tests.certs import header, trusted, untrusted
 from tests.conftest import IDENTITY_HEADER

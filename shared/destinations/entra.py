@@ -11,7 +11,7 @@ import threading
 from collections import OrderedDict
 from urllib.parse import quote
 
-from shared.destinations import Item, Pace, Written
+from shared.destinations.base import Item, Pace, Written
 from shared.graph import GraphClient
 from shared.ids import canonical_guid, is_guid
 from shared.outcomes import CallResult, Outcome

@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from shared import timestamps
-from shared.destinations import Item, Pace, Written
+from shared.destinations.base import Item, Pace, Written
 from shared.graph import classify, parse_retry_after
 from shared.outcomes import CallResult, Outcome
 from shared.settings import Settings

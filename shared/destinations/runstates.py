@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from shared.destinations import Item, Pace, Written
+from shared.destinations.base import Item, Pace, Written
 from shared.graph import GraphClient
 from shared.ids import canonical_guid
 from shared.outcomes import CallResult, Outcome
