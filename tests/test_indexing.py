@@ -53,7 +53,8 @@ INGEST_LEVEL = {
     "function": "FUNCTION",
     "hmac": "ANONYMOUS",
     "certificate": "ANONYMOUS",
-    "certificate,function": "ANONYMOUS",
+    # Listing `function` keeps the platform's key check on: all listed proofs are required.
+    "certificate,function": "FUNCTION",
 }
 
 _INDEX = """
