@@ -96,7 +96,7 @@ class MemoryTable:
         if found is None:
             raise ResourceNotFoundError("The specified resource does not exist.")
         if etag is not None and etag != found[1]:
-            raise ResourceModifiedError("The update condition specified in the request was not met.")
+            raise ResourceModifiedError("The update condition specified was not met.")
         fields = {**found[0], **entity} if mode == "merge" else dict(entity)
         new = self._etag()
         self.rows[key] = (fields, new)
@@ -128,7 +128,7 @@ class Fleet:
         return self.pairs * self.changes / self.interval
 
     def refresh_limit(self, budget: float) -> float:
-        """No pair's last write can be younger, at worst, than one full cycle of the spare budget."""
+        """The oldest last write can be no younger than one full cycle of the spare budget."""
         spare = budget - self.change_rate
         return self.pairs / spare if spare > 0 else math.inf
 
@@ -181,8 +181,9 @@ def simulate(fleet: Fleet, schedule: Iterator[tuple[float, int, bool]] | None = 
     refresh = fleet.refresh
     superseded, duplicate, unchanged = Claim.SUPERSEDED, Claim.DELIVERED, Claim.UNCHANGED
 
-    def handle(now: float, p: int, version: int, dig: int, tries: int, slot_at: float) -> None:
+    def handle(event: tuple[float, int, int, int, int, int, float]) -> None:
         nonlocal seq, change_writes
+        now, _, p, version, dig, tries, slot_at = event
         clock[0] = now
         pair = PairState(accepted[p], delivered[p], 0.0, digest[p], written[p])  # type: ignore[arg-type]
         decision = decide_claim(pair, version, dig, now, refresh)  # type: ignore[arg-type]
@@ -237,21 +238,19 @@ def simulate(fleet: Fleet, schedule: Iterator[tuple[float, int, bool]] | None = 
     started = time.perf_counter()
     for t, p, changed in schedule if schedule is not None else reports(fleet):
         while heap and heap[0][0] <= t:
-            e = heapq.heappop(heap)
-            handle(e[0], e[2], e[3], e[4], e[5], e[6])
+            handle(heapq.heappop(heap))
         outcome["reports"] += 1
         if changed:
             state[p] += 1
-            if pending[p] < 0:
-                pending[p] = t
+        if pending[p] < 0 and state[p] != digest[p]:
+            pending[p] = t  # the destination is behind from this report on
         version = int(t * 1000)
         if version <= accepted[p]:
             continue  # ingest's stale check (never: a pair's reports are an interval apart)
         accepted[p] = version
-        handle(t, p, version, state[p], 1, -1.0)
+        handle((t, 0, p, version, state[p], 1, -1.0))
     while heap and heap[0][0] < end:
-        e = heapq.heappop(heap)
-        handle(e[0], e[2], e[3], e[4], e[5], e[6])
+        handle(heapq.heappop(heap))
     wall = time.perf_counter() - started
     writes.sort()
     # Waiting changes (their slots lie past the end) count as undelivered, with their age so far.
