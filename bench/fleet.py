@@ -253,6 +253,8 @@ def simulate(fleet: Fleet, schedule: Iterator[tuple[float, int, bool]] | None = 
         handle(heapq.heappop(heap))
     wall = time.perf_counter() - started
     writes.sort()
+    # A slot reserved just before the end may lie up to BUDGET_WAIT_SECONDS past it.
+    late = len(writes) - bisect.bisect_left(writes, end)
     # Waiting changes (their slots lie past the end) count as undelivered, with their age so far.
     undelivered = [end - since for since in pending if since >= 0 and since < end - 0.0]
     oldest_now = max(end - w for w in written) if n else 0.0
@@ -269,7 +271,8 @@ def simulate(fleet: Fleet, schedule: Iterator[tuple[float, int, bool]] | None = 
         "writes": len(writes),
         "change_writes": change_writes,
         "refresh_writes": len(writes) - change_writes,
-        "writes_per_second": len(writes) / span,
+        "writes_after_end": late,
+        "writes_per_second": (len(writes) - late) / span,
         "change_writes_per_second": change_writes / span,
         "peak_writes_20s": peak,
         "latency": _summary(latencies),
