@@ -201,13 +201,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def choose(results: list[dict[str, Any]]) -> float | None:
-    """The highest pace whose every run had no 429 and kept its busiest window <= 95% of 200."""
+    """The highest pace that, with every lower pace run, had no 429 and kept <= 95% of 200.
+
+    A pace that passes above one that failed is luck, not margin: the first failure ends it.
+    """
     paces: dict[float, bool] = {}
     for r in results:
         ok = r["throttled"] == 0 and r["peak_20s_window"] <= CHOICE_PEAK
         paces[r["pace"]] = paces.get(r["pace"], True) and ok
-    passed = [pace for pace, ok in paces.items() if ok]
-    return max(passed) if passed else None
+    chosen = None
+    for pace in sorted(paces):
+        if not paces[pace]:
+            break
+        chosen = pace
+    return chosen
 
 
 if __name__ == "__main__":
