@@ -192,7 +192,7 @@ def simulate(fleet: Fleet, schedule: Iterator[tuple[float, int, bool]] | None = 
     latencies: list[float] = []
     ages: list[float] = []  # a pair's refresh age when a refresh write replaced it
     outcome = {"superseded": 0, "duplicate": 0, "unchanged": 0, "refresh_skipped": 0}
-    outcome |= {"poisoned": 0, "retried": 0, "reports": 0, "budget_calls": 0}
+    outcome |= {"poisoned": 0, "retried": 0, "reports": 0, "budget_calls": 0, "slots": 0}
     day_oldest = [0.0] * (math.ceil(fleet.days) + 1)
     heap: list[tuple[float, int, int, int, int, int, float]] = []
     seq = 0
@@ -224,6 +224,7 @@ def simulate(fleet: Fleet, schedule: Iterator[tuple[float, int, bool]] | None = 
         if at is None:
             outcome["budget_calls"] += 1
             slot = budget.reserve(horizon, book_ahead=books_ahead(change))
+            outcome["slots"] += slot.at is not None
             if slot.at is not None and slot.wait <= horizon:
                 at = slot.at
             else:
@@ -314,8 +315,10 @@ def _summary(values: list[float]) -> dict[str, float]:
 
 
 def _duration(seconds: float) -> str:
+    if math.isnan(seconds):
+        return "-"
     if not math.isfinite(seconds):
-        return "none (changes alone exceed the budget)"
+        return "unbounded"
     if seconds < 120:
         return f"{seconds:.1f} s"
     if seconds < 7200:
@@ -323,7 +326,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def report(result: dict, whole: Fleet) -> dict[str, Any]:
+def report(result: dict, whole: Fleet) -> dict[str, bool | None]:
     """Print one run (of `whole`, or of one shard of it) next to its physical limits.
 
     Returns the goals' verdicts. Rates and counts of a shard are multiplied back by `shard`.
@@ -382,7 +385,8 @@ def report(result: dict, whole: Fleet) -> dict[str, Any]:
         f"(per day: {', '.join(_duration(a) for a in result['oldest_refresh_by_day'])})"
     )
     print(
-        f"   limit: pairs / (budget - change rate) = {_duration(limit)} "
+        f"   limit: pairs / (budget - change rate) = "
+        f"{_duration(limit) if math.isfinite(limit) else 'none: changes alone exceed the budget'} "
         f"(at the 0.95 ceiling: {_duration(fleet.refresh_limit(ceiling))}); "
         f"the refresh interval allows no less than {_duration(fleet.refresh)}"
     )
@@ -395,14 +399,66 @@ def report(result: dict, whole: Fleet) -> dict[str, Any]:
         <= REFRESH_GOAL * floor,
         "no 20 s window over 200 writes": result["peak_writes_20s"] <= GRAPH_WINDOW_WRITES,
     }
+    if not math.isfinite(floor):
+        goals["oldest refresh age within 10% of the limit"] = None  # no limit: nothing to meet
     print(
         f"   busiest 20 s: {result['peak_writes_20s']} writes (Graph allows "
         f"{GRAPH_WINDOW_WRITES}; the setting {fleet.rate * GRAPH_WINDOW:.0f})"
     )
     print(f"   floor for the oldest refresh age: {_duration(floor)}")
+    wasted = result["outcomes"]["slots"] - result["writes"]
+    print(
+        f"   budget slots reserved {result['outcomes']['slots'] * k:,}, written "
+        f"{result['writes'] * k:,}: {wasted * k:,} booked by a change that a newer report of "
+        f"its pair superseded before its slot came"
+    )
     for goal, ok in goals.items():
-        print(f"   {goal}: {verdict(ok)}")
+        print(
+            f"   {goal}: {'n/a (changes alone exceed the budget)' if ok is None else verdict(ok)}"
+        )
     return goals
+
+
+SIZING_PAIRS = (10_000, 30_000, 100_000, 300_000, 500_000, 1_000_000, 2_500_000)
+SIZING_INTERVALS = (900.0, 3600.0, 4 * 3600.0, 8 * 3600.0)
+
+
+def sizing(changes: float, rate: float, refresh: float) -> list[list[str]]:
+    """Oldest refresh age each fleet can have at best, at this budget and refresh interval.
+
+    The budget the product uses is 0.95 x rate. A pair is refreshed at its first report after
+    the interval, so no better than interval + report interval; and no better than one cycle of
+    the spare budget. `*`: refreshes due exceed the spare budget (the limit, not the interval,
+    sets the age); `changes > budget`: changes alone exceed it and queue without end.
+    """
+    usable = rate * 0.95
+    rows = []
+    for pairs in SIZING_PAIRS:
+        row = [f"{pairs:,}"]
+        for interval in SIZING_INTERVALS:
+            fleet = Fleet(devices=pairs, scripts=1, interval=interval, changes=changes)
+            change_rate = fleet.change_rate
+            if change_rate >= usable:
+                row.append(f"changes > budget ({change_rate:.1f}/s)")
+                continue
+            cycle = fleet.refresh_limit(usable)
+            floor = refresh + interval if refresh else 0.0
+            row.append(_duration(max(cycle, floor)) + (" *" if cycle > floor else ""))
+        rows.append(row)
+    return rows
+
+
+def print_sizing(changes: float, rate: float, refresh: float) -> None:
+    print(
+        f"\noldest refresh age at best (pairs = devices x scripts; {changes:.0%} of reports "
+        f"change; budget {rate:g}/s, of which the product uses {rate * 0.95:.2f}; refresh "
+        f"interval {_duration(refresh)}):"
+    )
+    heads = ["pairs", *(f"every {_duration(i)}" for i in SIZING_INTERVALS)]
+    print("| " + " | ".join(heads) + " |")
+    print("|" + "---|" * len(heads))
+    for row in sizing(changes, rate, refresh):
+        print("| " + " | ".join(row) + " |")
 
 
 def _fleet_spec(text: str, base: Fleet) -> Fleet:
@@ -439,8 +495,12 @@ def main(argv: list[str] | None = None) -> int:
         default="500000x5@0.5/50",
         help="more fleets, devices x scripts @ days, comma-separated ('' for none)",
     )
+    parser.add_argument("--sizing", action="store_true", help="print the sizing table only")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
+    if args.sizing:
+        print_sizing(args.changes, args.rate, args.refresh)
+        return 0
     header("fleet simulation: decide_claim + SharedBudget in simulated time")
     fleet = Fleet(
         devices=args.devices,

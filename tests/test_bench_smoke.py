@@ -92,3 +92,14 @@ def test_fleet_stack_measures_change_latency_as_the_simulation_does() -> None:
     # Pair 1 is behind from 0.0 until the write of its current state at 4.0 (the write at 1.5
     # carried a state already replaced); pair 2 from 3.0 to 5.0.
     assert change_latencies(sent, written) == [4.0, 2.0]
+
+
+def test_pacing_choose_stops_at_the_first_pace_that_failed() -> None:
+    from bench.pacing import choose
+
+    def run(pace: float, throttled: int, peak: int) -> dict[str, float]:
+        return {"pace": pace, "throttled": throttled, "peak_20s_window": peak}
+
+    assert choose([run(8, 0, 150), run(9, 0, 171), run(10, 0, 195)]) == 9
+    assert choose([run(8, 30, 200), run(9, 0, 174)]) is None
+    assert choose([run(8, 0, 150), run(8, 1, 150), run(9, 0, 160)]) is None
