@@ -15,7 +15,17 @@ from pathlib import Path
 
 from bench._stack import ROOT, SDK_PYTHON
 
-BENCHMARKS = ["client_cost", "throttle", "pacing", "coalescing", "ingest_cost", "cold_start"]
+BENCHMARKS = [
+    "client_cost",
+    "throttle",
+    "pacing",
+    "coalescing",
+    "ingest_cost",
+    "cold_start",
+    "fleet",
+    "fleet_stack",
+    "storage_calls",
+]
 
 
 def main(argv: list[str] | None = None) -> int:

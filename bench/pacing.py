@@ -10,6 +10,11 @@ emulator, which enforces GRAPH_EMULATOR_WRITE_LIMIT=200/20 per app. From the emu
 log: delivered writes per second (first to last successful PATCH) against the configured pace and
 against the allowed 10/s, and the share of Graph calls answered 429. Targets: >= 0.9 of 10/s,
 <= 2% answered 429.
+
+    python -m bench.pacing --n 800 --scenarios 8x3,9x3,9.5x3,10x3 --choose
+
+`--choose` also names the default pace the measurements support: the highest pace at which every
+scenario run with it had no 429 at all and at most 95% of 200 writes in its busiest 20 s window.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ LIMIT, WINDOW = 200, 20.0
 ALLOWED = LIMIT / WINDOW
 UTILISATION_TARGET = 0.9
 THROTTLED_TARGET = 0.02
+# The default pace must leave 5% of Graph's window unused, measured over every host count run.
+CHOICE_PEAK = 0.95 * LIMIT
 
 
 def parse_scenario(text: str) -> tuple[float, int]:
@@ -45,13 +52,17 @@ def peak_window(times: list[float], window: float = WINDOW) -> int:
     return peak
 
 
-def refused(pace: float) -> str | None:
+def refused(pace: float, storage: str) -> str | None:
     """Why the bridge's settings refuse this pace, or None (a host would not start with it)."""
     from shared.settings import Settings, SettingsError
 
     try:
         Settings.from_env(
-            {"BRIDGE_DELIVERY_MODE": "sync", "BRIDGE_GRAPH_WRITES_PER_SECOND": f"{pace:g}"}
+            {
+                "BRIDGE_DELIVERY_MODE": "queue",
+                "AzureWebJobsStorage": storage,
+                "BRIDGE_GRAPH_WRITES_PER_SECOND": f"{pace:g}",
+            }
         )
     except SettingsError as exc:
         return str(exc)
@@ -71,8 +82,12 @@ def run_scenario(
     finished = datetime.now(UTC) - timedelta(minutes=2)
     devices = s.device_ids(n, f"pacing-{pace}-{hosts}-{time.time()}")
     statuses = _load.ingest_in_process(bridge, (s.report(d, finished) for d in devices), threads=8)
-    if statuses != {202: n}:
+    # A rare 503 (Azurite slow under the load) is the agent's to retry: deliver what was kept.
+    if statuses.get(202, 0) < 0.98 * n:
         raise RuntimeError(f"backlog not accepted: {dict(statuses)}")
+    if statuses != {202: n}:
+        print(f"  ingest answered {dict(statuses)}; delivering the {statuses[202]} accepted")
+        n = statuses[202]
     env = s.bridge_env(
         stack["graph"], stack["identity"], stack["header"], stack["storage"],
         BRIDGE_GRAPH_WRITES_PER_SECOND=f"{pace:g}",
@@ -114,6 +129,8 @@ def run_scenario(
         "vs_allowed": rate / ALLOWED,
         "host_cpu_ms_per_write": cpu / len(ok) * 1000,
         "peak_20s_window": peak_window(ok),
+        # Paced writes are 1/(0.95 x pace) apart: many more in one second is a burst of late ones.
+        "peak_1s_window": peak_window(ok, 1.0),
         "code": code,
     }
 
@@ -122,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.pacing", description=__doc__)
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--scenarios", default="8,9.5,10,8x2,9.5x2")
+    parser.add_argument("--choose", action="store_true", help="name the pace the runs support")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     scenarios = [parse_scenario(x) for x in args.scenarios.split(",") if x]
@@ -142,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     try:
         for pace, hosts in scenarios:
-            why = refused(pace)
+            why = refused(pace, storage)
             if why:
                 print(f"  pace {pace:g}/s x {hosts} host(s): not run, settings refuse it: {why}")
                 continue
@@ -153,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{result['seconds']:.1f} s = {result['rate']:.2f}/s; "
                 f"{result['throttled']} of {result['graph_calls']} Graph calls answered 429; "
                 f"at most {result['peak_20s_window']} writes in any {WINDOW:g} s "
+                f"and {result['peak_1s_window']} in any 1 s "
                 f"(hosts ran code {result['code'].split()[1]})",
                 flush=True,
             )
@@ -173,8 +192,32 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['throttled_share']:10.2%} {r['host_cpu_ms_per_write']:18.2f}  "
             f"utilisation {s.verdict(ok_rate)}, 429 share {s.verdict(ok_429)}"
         )
-    s.write_json(args.json, {"n": args.n, "results": results})
+    chosen = choose(results) if args.choose else None
+    if args.choose:
+        print(
+            f"\n  highest pace with no 429 and at most {CHOICE_PEAK:.0f} writes in any "
+            f"{WINDOW:g} s, in every scenario run at it: "
+            + (f"{chosen:g} writes/s" if chosen is not None else "none of those run")
+        )
+    s.write_json(args.json, {"n": args.n, "results": results, "chosen": chosen})
     return 0
+
+
+def choose(results: list[dict[str, Any]]) -> float | None:
+    """The highest pace that, with every lower pace run, had no 429 and kept <= 95% of 200.
+
+    A pace that passes above one that failed is luck, not margin: the first failure ends it.
+    """
+    paces: dict[float, bool] = {}
+    for r in results:
+        ok = r["throttled"] == 0 and r["peak_20s_window"] <= CHOICE_PEAK
+        paces[r["pace"]] = paces.get(r["pace"], True) and ok
+    chosen = None
+    for pace in sorted(paces):
+        if not paces[pace]:
+            break
+        chosen = pace
+    return chosen
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from shared import messages
 from shared.destinations.base import Destination, Item, Written
 from shared.outcomes import CallResult, Outcome
 from shared.pacing import MAX_RETRY_AFTER, SharedBudget, Slot
-from shared.policy import Claim
+from shared.policy import Claim, books_ahead
 from shared.settings import BUDGET_WAIT_SECONDS, Settings
 from shared.store import ClaimResult, Row, Storage
 from shared.telemetry import age_ms, emit
@@ -174,7 +174,7 @@ class Delivery:
                 return None
             # Back too late: others have written since, so the stale slot is given up (unused,
             # it only leaves the budget under-spent) and a new one booked.
-        slot = self.budget.reserve(BUDGET_WAIT_SECONDS, book_ahead=change)
+        slot = self.budget.reserve(BUDGET_WAIT_SECONDS, book_ahead=books_ahead(change))
         if slot.at is not None and slot.wait <= BUDGET_WAIT_SECONDS:
             self._sleep(slot.wait)
             return None

@@ -9,7 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["Acceptance", "Claim", "ClaimDecision", "PairState", "acceptance", "decide_claim"]
+__all__ = [
+    "Acceptance",
+    "Claim",
+    "ClaimDecision",
+    "PairState",
+    "acceptance",
+    "books_ahead",
+    "decide_claim",
+]
 
 
 class Acceptance(StrEnum):
@@ -72,3 +80,11 @@ def decide_claim(
     if not change and refresh_interval > 0 and now - pair.written_at < refresh_interval:
         return ClaimDecision(Claim.UNCHANGED, change=False)
     return ClaimDecision(Claim.WRITE, change=change)
+
+
+def books_ahead(change: bool) -> bool:
+    """A change reserves the next write slot even far ahead; a refresh takes only free budget.
+
+    So when the budget cannot keep up every change is written before any refresh.
+    """
+    return change
