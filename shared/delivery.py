@@ -92,7 +92,8 @@ class Delivery:
             return [QueueOutcome("poisoned", "malformed_message", raw)]
         tries = message["attempt"] + max(dequeue_count, 1)
         if tries > self.settings.max_attempts:
-            return [self._poison(message, "retries_exhausted", None)]
+            last = message.get("lastReason") or "redelivered"
+            return [self._poison(message, "retries_exhausted", None, lastReason=last)]
         if not self.destination.ordered:
             return self._unordered(message)
         return [self._ordered(message, tries)]

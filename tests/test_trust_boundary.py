@@ -17,7 +17,7 @@ from shared.mapping import reject_duplicates
 from shared.runtime import Bridge
 from shared.settings import Settings, SettingsError, get_settings
 from tests.certs import header, trusted
-from tests.stack import DEVICE, SCRIPT, StorageView, report_body
+from tests.stack import DEVICE, SCRIPT, UNREACHABLE_STORAGE, StorageView, report_body
 
 JSON = {"Content-Type": "application/json"}
 NOW = datetime.now(UTC)
@@ -28,7 +28,9 @@ KEY_VAULT_REFERENCE = (
 
 def sync_bridge(**values: str) -> Bridge:
     """Sync mode without Graph: for answers decided before any delivery."""
-    settings = Settings.from_env({"BRIDGE_DELIVERY_MODE": "sync", **values})
+    settings = Settings.from_env(
+        {"BRIDGE_DELIVERY_MODE": "sync", "AzureWebJobsStorage": UNREACHABLE_STORAGE, **values}
+    )
     return Bridge(settings=settings, graph=None)  # type: ignore[arg-type]  # never reached
 
 
@@ -231,6 +233,7 @@ def test_hmac_mode_names_an_unresolved_key_vault_reference() -> None:
         Settings.from_env(
             {
                 "BRIDGE_DELIVERY_MODE": "sync",
+                "AzureWebJobsStorage": UNREACHABLE_STORAGE,
                 "BRIDGE_AUTH_MODE": "hmac",
                 "BRIDGE_HMAC_SECRETS": KEY_VAULT_REFERENCE,
             }
@@ -241,6 +244,7 @@ def test_hmac_mode_names_an_unresolved_key_vault_reference() -> None:
 @pytest.fixture
 def broken_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("BRIDGE_DELIVERY_MODE", "sync")
+    monkeypatch.setenv("AzureWebJobsStorage", UNREACHABLE_STORAGE)
     monkeypatch.setenv("BRIDGE_SCRIPT_INTERVAL", "s3cr3t-looking-value")
     monkeypatch.setattr(runtime, "_bridge", None)
     get_settings.cache_clear()
@@ -284,6 +288,7 @@ def test_script_id_and_device_are_checked_before_anything_is_stored() -> None:
 def environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     """The process-wide settings, read afresh from the environment this test sets."""
     monkeypatch.setenv("BRIDGE_DELIVERY_MODE", "sync")
+    monkeypatch.setenv("AzureWebJobsStorage", UNREACHABLE_STORAGE)
     monkeypatch.setattr(runtime, "_bridge", None)
     get_settings.cache_clear()
     yield monkeypatch
@@ -308,13 +313,18 @@ def test_health_with_an_unresolved_key_vault_reference_depends_on_the_mode(
 
 def test_a_certificate_bundle_is_not_read_when_certificate_mode_is_off() -> None:
     settings = Settings.from_env(
-        {"BRIDGE_DELIVERY_MODE": "sync", "BRIDGE_TRUSTED_CA_CERTS": "/no/such/bundle.pem"}
+        {
+            "BRIDGE_DELIVERY_MODE": "sync",
+            "AzureWebJobsStorage": UNREACHABLE_STORAGE,
+            "BRIDGE_TRUSTED_CA_CERTS": "/no/such/bundle.pem",
+        }
     )
     assert settings.trusted_ca_certs == ()
     with pytest.raises(SettingsError, match="BRIDGE_TRUSTED_CA_CERTS"):
         Settings.from_env(
             {
                 "BRIDGE_DELIVERY_MODE": "sync",
+                "AzureWebJobsStorage": UNREACHABLE_STORAGE,
                 "BRIDGE_AUTH_MODE": "certificate",
                 "BRIDGE_TRUSTED_CA_CERTS": "/no/such/bundle.pem",
             }
