@@ -3,8 +3,7 @@
 import azure.functions as func
 
 from shared import api, runtime
-from shared.settings import Settings
-from shared.store import QUEUES
+from shared.settings import QUEUES, Settings
 
 # Function keys are the platform's check, applied only to FUNCTION-level triggers; the settings
 # object decides whether ingest needs one (it fails closed). Reading it creates nothing.

@@ -9,12 +9,10 @@ import math
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared import __version__, envelope, messages, timestamps
 from shared.auth import AuthError, DeviceIdentity, authenticate, check_device
-from shared.certificate import CertificateFailure
-from shared.delivery import QueueOutcome, emit_outcome
 from shared.ids import new_report_id
 from shared.mapping import DeviceState, map_report
 from shared.models import ComplianceReport
@@ -23,13 +21,17 @@ from shared.problems import PROBLEM_BASE, PROBLEM_JSON, ApiResponse, problem
 from shared.ratelimit import device_limiter
 from shared.runtime import Bridge, get_bridge
 from shared.settings import Settings, SettingsError
-from shared.store import StorageError
 from shared.telemetry import emit, script_output
+
+if TYPE_CHECKING:  # the delivery and storage code loads with the first report, not at cold start
+    from shared.delivery import QueueOutcome
 
 __all__ = ["PROBLEM_JSON", "ApiResponse", "health", "ingest", "problem"]
 
 # Valid credentials that are not enough for this request are a 403; every other refusal is a 401.
-_FORBIDDEN = frozenset({CertificateFailure.NOT_A_DEVICE, CertificateFailure.DEVICE_MISMATCH})
+# (certificate.CertificateFailure values; compared as text so that module and cryptography load
+# only in certificate mode)
+_FORBIDDEN = frozenset({"certificate-not-a-device", "device-mismatch"})
 
 
 def _refused(error: AuthError, report_id: str | None = None) -> ApiResponse:
@@ -237,6 +239,8 @@ def _accept(
     Store first, answer second: a 2xx means the report is kept (or was already known). The
     same checks, claim, budget and dead-lettering hold in both delivery modes.
     """
+    from shared.store import StorageError
+
     settings = bridge.settings
     version = timestamps.version(state.last_state_update)
     names = [
@@ -299,6 +303,8 @@ def _sync_response(
     report_id: str, report: ComplianceReport, state: DeviceState, outcome: QueueOutcome
 ) -> ApiResponse:
     """Sync mode answers with Graph's outcome: 200 delivered, 502 refused for good, else 503."""
+    from shared.delivery import emit_outcome
+
     emit_outcome("graph", outcome, None)
     result = outcome.result
     detection_state = state.detection_state.value

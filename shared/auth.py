@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from shared import certificate, webhook
 from shared.proofs import AuthError
 from shared.settings import Settings
 
@@ -32,7 +31,10 @@ def authenticate(
     """Run each configured mode; every one must pass (`certificate,hmac` needs both)."""
     headers = {k.lower(): v for k, v in headers.items()}
     device_id = webhook_id = None
+    # Each verifier (cryptography, standardwebhooks) is imported only by the mode that uses it.
     if "certificate" in settings.auth_modes:
+        from shared import certificate
+
         device_id = certificate.verify(
             headers.get(certificate.CLIENT_CERT_HEADER),
             settings.trusted_ca_certs,
@@ -40,6 +42,8 @@ def authenticate(
             now,
         )
     if "hmac" in settings.auth_modes:
+        from shared import webhook
+
         secrets = tuple(secret.get_secret_value() for secret in settings.hmac_secrets)
         webhook_id = webhook.verify(headers, body, secrets, now)
     return DeviceIdentity(device_id=device_id, webhook_id=webhook_id)
@@ -47,4 +51,7 @@ def authenticate(
 
 def check_device(identity: DeviceIdentity, device_id: str) -> None:
     """A certificate speaks for one device only: device A can never write device B's state."""
-    certificate.check_device(identity.device_id, device_id)
+    if identity.device_id is not None:
+        from shared import certificate
+
+        certificate.check_device(identity.device_id, device_id)

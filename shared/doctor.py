@@ -176,7 +176,8 @@ def _storage_checks(settings: Settings, bridge: Any) -> Iterator[Check]:
     from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
 
     from shared.runtime import storage_credential
-    from shared.store import PAYLOAD_CONTAINER, QUEUES, TABLE, Storage
+    from shared.settings import QUEUES
+    from shared.store import PAYLOAD_CONTAINER, TABLE, Storage
 
     credential = storage_credential(settings, bridge.credential)
     where = "AzureWebJobsStorage" if settings.storage_connection else "AzureWebJobsStorage__*"

@@ -13,11 +13,10 @@ import re
 import textwrap
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.serialization import Encoding
+if TYPE_CHECKING:  # cryptography is imported only where a CA bundle is parsed (cold start)
+    from cryptography import x509
 
 __all__ = [
     "AUTH_MODES",
@@ -92,6 +91,9 @@ def load_ca_bundle(value: str) -> tuple[bytes, ...]:
         + "\n-----END CERTIFICATE-----\n"
         for block in blocks
     )
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
     try:
         certs = x509.load_pem_x509_certificates(pem.encode("ascii"))
     except (ValueError, UnicodeEncodeError):
@@ -109,12 +111,16 @@ def split_bundle(
     ders: tuple[bytes, ...],
 ) -> tuple[list[x509.Certificate], list[x509.Certificate]]:
     """Self-signed certificates are the trust anchors; the rest are pinned intermediates."""
+    from cryptography import x509
+
     certs = [x509.load_der_x509_certificate(der) for der in ders]
     roots = [c for c in certs if c.subject == c.issuer and _self_signed(c)]
     return roots, [c for c in certs if c not in roots]
 
 
 def _self_signed(cert: x509.Certificate) -> bool:
+    from cryptography.exceptions import InvalidSignature
+
     try:
         cert.verify_directly_issued_by(cert)
     except (ValueError, TypeError, InvalidSignature):

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from shared import messages, timestamps
-from shared.store import QUEUES, Storage
+from shared.settings import QUEUES
+from shared.store import Storage
 
 __all__ = ["ReplayResult", "replay"]
 

@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from shared.graph import GraphClient, TokenSource, make_credential
 from shared.settings import Settings, get_settings
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # requests and azure-identity load with the first request, not at cold start
     from shared.delivery import Delivery
     from shared.destinations.base import Destination
+    from shared.graph import GraphClient, TokenSource
     from shared.pacing import SharedBudget
     from shared.store import Storage
 
@@ -26,6 +26,8 @@ def storage_credential(settings: Settings, shared: TokenSource | None = None) ->
     client_id = settings.storage_client_id or settings.azure_client_id
     if shared is not None and client_id == settings.azure_client_id:
         return shared
+    from shared.graph import make_credential
+
     return make_credential(client_id, settings.credential)
 
 
@@ -41,6 +43,8 @@ class Bridge:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Bridge:
+        from shared.graph import GraphClient, make_credential
+
         credential = make_credential(settings.azure_client_id, settings.credential)
         graph = GraphClient(
             settings.graph_url,

@@ -36,6 +36,7 @@ __all__ = [
     "CLOUDS",
     "DESTINATIONS",
     "LOOKUP",
+    "QUEUES",
     "Cloud",
     "Settings",
     "SettingsError",
@@ -76,6 +77,8 @@ _LOGS_NAMES = {
     "logs_stream": (re.compile(r"Custom-[A-Za-z0-9_]{1,60}_CL"), "Custom-<table>_CL"),
 }
 DESTINATIONS = ("graph", "logs", "entra")
+# Each destination's queue (the Bicep declares each of them and its `-poison` queue).
+QUEUES = {"graph": "compliance-results", "logs": "compliance-logs", "entra": "compliance-entra"}
 # How long one queue execution may sleep for its write slot before it hands the message back.
 BUDGET_WAIT_SECONDS = 3.0
 # The lookup strategy lists deviceRunStates by device instead of building the id.

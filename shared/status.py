@@ -12,8 +12,8 @@ from typing import Any
 
 from shared import messages
 from shared.pacing import BUDGET_PARTITION, SharedBudget
-from shared.settings import Settings
-from shared.store import PREFIX, QUEUES, Storage
+from shared.settings import QUEUES, Settings
+from shared.store import PREFIX, Storage
 
 __all__ = ["collect", "render"]
 

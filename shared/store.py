@@ -25,7 +25,7 @@ from azure.core.exceptions import (
 )
 
 from shared.policy import Acceptance, Claim, PairState, acceptance, decide_claim
-from shared.settings import Settings
+from shared.settings import QUEUES, Settings
 
 __all__ = [
     "PAYLOAD_CONTAINER",
@@ -41,8 +41,6 @@ __all__ = [
     "write_if_unchanged",
 ]
 
-# One queue per destination; the Bicep declares each of them and its poison queue.
-QUEUES = {"graph": "compliance-results", "logs": "compliance-logs", "entra": "compliance-entra"}
 TABLE = "runstates"
 PAYLOAD_CONTAINER = "compliance-payloads"
 # A queue message holds 64 KiB after base64; larger reports travel as a blob (claim check).

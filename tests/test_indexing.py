@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # The one place the queue triggers are listed: function name -> queue it listens on. One per
 # destination queue (compliance-results for graph; compliance-logs, compliance-entra when the
 # destinations land in function_app.py): extend this mapping, every assertion follows.
-# One queue trigger per destination (shared.store.QUEUES).
+# One queue trigger per destination (shared.settings.QUEUES).
 QUEUE_FUNCTIONS = {
     "deliver_graph": "compliance-results",
     "deliver_logs": "compliance-logs",
