@@ -299,7 +299,7 @@ def index_queue_listeners(functions: list[Any], root: Path) -> list[QueueListene
     listeners = []
     for function in functions:
         trigger = function.get_trigger().get_dict_repr()
-        if trigger.get("type") == "queueTrigger":
+        if trigger.get("type") == "queueTrigger" and not disabled(function.get_function_name()):
             listeners.append(
                 QueueListener(
                     function.get_function_name(),
@@ -309,6 +309,15 @@ def index_queue_listeners(functions: list[Any], root: Path) -> list[QueueListene
                 )
             )
     return listeners
+
+
+def disabled(name: str) -> bool:
+    """The Functions host's own switch, `AzureWebJobs.<name>.Disabled` (`__` for the dots where
+    a platform's setting names cannot hold them): that function does not run."""
+    for key in (f"AzureWebJobs.{name}.Disabled", f"AzureWebJobs__{name}__Disabled"):
+        if os.environ.get(key, "").strip().lower() in ("true", "1"):
+            return True
+    return False
 
 
 def build_host(

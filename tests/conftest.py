@@ -10,6 +10,7 @@ import pytest
 from devstack import azurite, graph, identity, logs
 from devstack.serving import start_in_thread
 from tests.stack import (
+    NO_QUEUE_TRIGGERS,
     Emulator,
     HostFactory,
     LogsEmulator,
@@ -80,12 +81,15 @@ def host(
     """One function host with default settings, shared by the tests that need no special ones."""
     process = start_process(
         ["host", "--port", "0"],
-        host_env(
-            graph_emulator.url,
-            identity_emulator.url,
-            IDENTITY_HEADER,
-            AzureWebJobsStorage=storage_view.connection_string,
-        ),
+        {
+            **host_env(
+                graph_emulator.url,
+                identity_emulator.url,
+                IDENTITY_HEADER,
+                AzureWebJobsStorage=storage_view.connection_string,
+            ),
+            **NO_QUEUE_TRIGGERS,
+        },
     )
     yield process
     process.stop()

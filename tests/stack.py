@@ -143,6 +143,14 @@ class LogsEmulator(Emulator):
         }
 
 
+# A host that lives across tests (sync mode, graph only) runs no queue trigger: it would take
+# other tests' queued messages from the shared Azurite with settings that are not theirs.
+NO_QUEUE_TRIGGERS = {
+    f"AzureWebJobs.deliver_{destination}.Disabled": "true"
+    for destination in ("graph", "logs", "entra")
+}
+
+
 def host_env(graph_url: str, identity_url: str, header: str, **settings: str) -> dict[str, str]:
     """The same settings Azure would give the app, pointed at the local emulators."""
     return {

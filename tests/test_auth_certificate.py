@@ -27,6 +27,7 @@ from tests.conftest import IDENTITY_HEADER
 from tests.stack import (
     DEVICE,
     INGEST,
+    NO_QUEUE_TRIGGERS,
     SCRIPT,
     UNREACHABLE_STORAGE,
     Emulator,
@@ -189,6 +190,7 @@ def cert_host(
         BRIDGE_AUTH_MODE="certificate",
         BRIDGE_TRUSTED_CA_CERTS=trusted().bundle_pem,
     )
+    env |= NO_QUEUE_TRIGGERS
     process = start_process(["host", "--port", "0"], env)
     yield process
     process.stop()

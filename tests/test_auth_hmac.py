@@ -23,6 +23,7 @@ from shared.settings import Settings, SettingsError
 from tests.conftest import IDENTITY_HEADER
 from tests.stack import (
     INGEST,
+    NO_QUEUE_TRIGGERS,
     UNREACHABLE_STORAGE,
     Emulator,
     HostFactory,
@@ -204,6 +205,7 @@ def hmac_host(
         BRIDGE_AUTH_MODE="hmac",
         BRIDGE_HMAC_SECRETS=f"{OLD_SECRET},{NEW_SECRET}",
     )
+    env |= NO_QUEUE_TRIGGERS
     process = start_process(["host", "--port", "0"], env)
     yield process
     process.stop()

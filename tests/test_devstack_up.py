@@ -178,3 +178,30 @@ def test_a_part_that_ignores_sigterm_is_killed_with_its_children_after_the_grace
             os.kill(pid, signal.SIGKILL)
         if part.poll() is None:
             part.kill()
+
+
+def test_the_functions_hosts_disabled_switch_keeps_a_queue_trigger_from_running() -> None:
+    from devstack import host
+
+    assert not host.disabled("deliver_entra")
+    # A fresh interpreter: the app indexes once per process, as the worker does.
+    probe = (
+        "from devstack import host; server, listeners = host.build_host(0); "
+        "print(sorted(item.name for item in listeners))"
+    )
+    env = {
+        **os.environ,
+        "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+        "AzureWebJobs.deliver_graph.Disabled": "true",
+        "AzureWebJobs__deliver_logs__Disabled": "1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.strip().splitlines()[-1] == "['deliver_entra']"
