@@ -112,20 +112,22 @@ def test_every_kusto_block_in_the_operations_doc_parses_and_binds() -> None:
     assert {key: value for key, value in blocks.items() if value} == {}
 
 
-def test_the_custom_table_has_the_columns_of_the_design() -> None:
-    assert custom_table_columns() == {
-        "TimeGenerated": "datetime",
-        "ReportId": "string",
-        "ScriptId": "string",
-        "DeviceId": "string",
-        "DetectionState": "string",
-        "LastStateUpdateDateTime": "datetime",
-        "ExpectedStateUpdateDateTime": "datetime",
-        "LastSyncDateTime": "datetime",
-        "ScriptOutput": "string",
-        "ScriptError": "string",
-        "AgentVersion": "string",
+def test_the_custom_table_the_emulator_and_the_bridges_rows_agree_on_the_columns() -> None:
+    """One set of columns in three places: the Bicep table, the local emulator, the rows written."""
+    from devstack.logs import DEFAULT_COLUMNS
+    from shared.destinations.logs import row
+
+    message = {
+        "acceptedAt": "2026-11-28T10:00:05.000000Z",
+        "reportId": "r",
+        "scriptId": "s",
+        "deviceId": "d",
     }
+    written = row(
+        message, {"detectionState": "success", "lastSyncDateTime": str(datetime.now(UTC))}
+    )
+    assert custom_table_columns() == DEFAULT_COLUMNS
+    assert set(written) == set(DEFAULT_COLUMNS)
 
 
 @pytest.mark.parametrize(
