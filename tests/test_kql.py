@@ -123,9 +123,7 @@ def test_the_custom_table_the_emulator_and_the_bridges_rows_agree_on_the_columns
         "scriptId": "s",
         "deviceId": "d",
     }
-    written = row(
-        message, {"detectionState": "success", "lastSyncDateTime": str(datetime.now(UTC))}
-    )
+    written = row(message, {"detectionState": "success", "scriptOutput": "{}"})
     assert custom_table_columns() == DEFAULT_COLUMNS
     assert set(written) == set(DEFAULT_COLUMNS)
 
