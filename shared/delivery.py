@@ -171,14 +171,12 @@ class Delivery:
                 return Slot(None, gate, "throttled")
             early = booked - self._clock()
             if -SLOT_LATENESS <= early <= BUDGET_WAIT_SECONDS:
-                self._sleep(max(early, 0.0))
-                return None
+                return self.budget.sleep_until(booked)
             # Back too late: others have written since, so the stale slot is given up (unused,
             # it only leaves the budget under-spent) and a new one booked.
         slot = self.budget.reserve(BUDGET_WAIT_SECONDS, book_ahead=books_ahead(change))
         if slot.at is not None and slot.wait <= BUDGET_WAIT_SECONDS:
-            self._sleep(slot.wait)
-            return None
+            return self.budget.sleep_until(slot.at)
         return slot
 
     def _pace(self) -> bool:

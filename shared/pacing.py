@@ -26,6 +26,8 @@ _PACE = "pace"
 # must not push a 20 s window over.
 _HEADROOM = 0.95
 WINDOW_SECONDS = 20.0
+# A write that slept this long for its slot reads the 429 gate again before it goes.
+GATE_RECHECK = 1.0
 # A Retry-After is honoured up to an hour: a far date or 1e308 must not close the gate for good.
 MAX_RETRY_AFTER = 3600.0
 
@@ -85,9 +87,25 @@ class SharedBudget:
     def acquire(self, max_wait: float) -> Slot:
         """Reserve a write time within `max_wait` and sleep until it (sync mode, the doctor)."""
         slot = self.reserve(max_wait)
-        if slot.at is not None and slot.wait > 0:
-            self._sleep(slot.wait)
+        if slot.at is not None:
+            return self.sleep_until(slot.at) or slot
         return slot
+
+    def sleep_until(self, at: float) -> Slot | None:
+        """Sleep until a reserved time; None to write then, or the gate a 429 closed meanwhile.
+
+        After a long wait the gate is read again (one call): another instance may have been
+        throttled since, and a write into a closed gate only meets another 429. A shorter wait
+        writes at most that long into a gate closed behind it.
+        """
+        wait = at - self._clock()
+        if wait > 0:
+            self._sleep(wait)
+        if wait >= GATE_RECHECK:
+            gate = self.gate()
+            if gate > 0:
+                return Slot(None, gate, "throttled")
+        return None
 
     def gate(self) -> float:
         """Seconds until the 429 gate opens (0 when open)."""
