@@ -17,8 +17,8 @@ from typing import Any  # noqa: E402
 from azure.core.credentials import AccessToken  # noqa: E402
 
 from shared.delivery import backoff_delay  # noqa: E402
-from shared.graph import GraphClient, GraphResult  # noqa: E402
-from shared.outcomes import Outcome  # noqa: E402
+from shared.graph import GraphClient  # noqa: E402
+from shared.outcomes import CallResult, Outcome  # noqa: E402
 
 IMPORT_SECONDS = time.perf_counter() - _started
 
@@ -41,7 +41,7 @@ def with_retries(
     *,
     attempts: int,
     max_wait: float,
-) -> tuple[GraphResult, int]:
+) -> tuple[CallResult, int]:
     """Sync mode's retry rule (shared.delivery.Delivery.deliver_now) without its storage: retry a
     transient answer after Retry-After or jittered backoff while attempts and the wait last."""
     tried = 0

@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared.checks import FAIL, PASS, WARN, Check, error_text, token_claims
-from shared.graph import ROUTE_UNSUPPORTED, GraphClient, GraphResult, Outcome
+from shared.graph import ROUTE_UNSUPPORTED, GraphClient
+from shared.outcomes import CallResult, Outcome
 from shared.settings import BUDGET_WAIT_SECONDS, LOOKUP, Settings
 from shared.telemetry import clean
 
@@ -119,7 +120,7 @@ def token_check(settings: Settings, bridge: Any) -> tuple[Check, str | None]:
     )
 
 
-def _status(result: GraphResult) -> str:
+def _status(result: CallResult) -> str:
     if result.status is None:
         return result.reason
     text = f"{result.status} {clean(result.error_code or '')}".rstrip()
@@ -127,7 +128,7 @@ def _status(result: GraphResult) -> str:
 
 
 def _graph_failure(
-    name: str, result: GraphResult, what: str, graph_url: str, principal: str | None
+    name: str, result: CallResult, what: str, graph_url: str, principal: str | None
 ) -> Check:
     """The verdict for a Graph answer that is not a success."""
     status = _status(result)

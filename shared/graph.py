@@ -22,16 +22,12 @@ from shared.outcomes import CallResult, Outcome
 
 __all__ = [
     "GraphClient",
-    "GraphResult",
     "Outcome",
     "TokenSource",
     "make_credential",
     "parse_retry_after",
     "run_state_url",
 ]
-
-# Every Graph call's result; the same shape as every other destination's.
-GraphResult = CallResult
 
 USER_AGENT = f"intune-compliance-bridge/{__version__}"
 # Graph answers this for the deviceRunStates navigation on tenants where the write is not routed.
@@ -160,11 +156,11 @@ class GraphClient:
         run_state_id: str,
         body: dict[str, Any],
         pace: Callable[[], bool] | None = None,
-    ) -> GraphResult:
+    ) -> CallResult:
         url = run_state_url(self.base_url, script_id, run_state_id)
         return self.call("PATCH", url, body, pace=pace)[0]
 
-    def get(self, path: str) -> GraphResult:
+    def get(self, path: str) -> CallResult:
         """A read under the Graph root (the preflight's probes); `path` starts with `/`."""
         return self.call("GET", f"{self.base_url}{path}")[0]
 
@@ -175,7 +171,7 @@ class GraphClient:
         body: dict[str, Any] | None = None,
         *,
         pace: Callable[[], bool] | None = None,
-    ) -> tuple[GraphResult, Any]:
+    ) -> tuple[CallResult, Any]:
         """One logical call and its JSON answer (None if it has none).
 
         A 401, or a 403 now and then, is retried once with a fresh token; a write's second
@@ -205,12 +201,12 @@ class GraphClient:
 
     def _send(
         self, method: str, url: str, body: dict[str, Any] | None, *, fresh_token: bool
-    ) -> tuple[GraphResult, Any]:
+    ) -> tuple[CallResult, Any]:
         client_request_id = str(uuid.uuid4())
         started = time.monotonic()
 
-        def failed(reason: str) -> tuple[GraphResult, Any]:
-            result = GraphResult(
+        def failed(reason: str) -> tuple[CallResult, Any]:
+            result = CallResult(
                 Outcome.TRANSIENT,
                 reason,
                 client_request_id=client_request_id,
@@ -239,7 +235,7 @@ class GraphClient:
                 data = response.json()
             except ValueError:
                 data = None
-        result = GraphResult(
+        result = CallResult(
             outcome,
             reason,
             status=response.status_code,
