@@ -278,6 +278,7 @@ def _accept(
         state=state,
         received_at=received_at,
         agent=agent,
+        row=accepted.row.snapshot(),
     )
     if inline:
         outcome = bridge.delivery("graph").deliver_now(

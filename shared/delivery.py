@@ -22,9 +22,10 @@ from shared import messages
 from shared.destinations.base import Destination, Item, Written
 from shared.outcomes import CallResult, Outcome
 from shared.pacing import MAX_RETRY_AFTER, SharedBudget, Slot
-from shared.policy import Claim, books_ahead
+from shared.policy import SLOT_LATENESS, Claim, books_ahead, refresh_after
+from shared.runstate_table import ClaimResult, Row
 from shared.settings import BUDGET_WAIT_SECONDS, Settings
-from shared.store import ClaimResult, Row, Storage
+from shared.store import Storage
 from shared.telemetry import age_ms, emit
 
 __all__ = [
@@ -34,9 +35,6 @@ __all__ = [
     "emit_outcome",
 ]
 
-# A booked slot is used only this close to its time: writes shifted by at most this much keep
-# every 20 s window within the budget's 5% headroom (20 s / 0.95 - 20 s = 1.05 s).
-SLOT_LATENESS = 0.5
 # Messages drained beside the trigger's own stay hidden this long while their batch is written.
 _DRAIN_VISIBILITY = 120
 # Retry-After absent on a 429: Graph's own guidance is a short back-off.
@@ -99,6 +97,12 @@ class Delivery:
         return [self._ordered(message, tries)]
 
     def _ordered(self, message: dict[str, Any], tries: int) -> QueueOutcome:
+        booked = message.get("slotAt")
+        if isinstance(booked, int | float) and booked - self._clock() > BUDGET_WAIT_SECONDS + 1:
+            # Back early for a slot booked far ahead (a message hides an hour at the most): it
+            # waits again without a claim or a try spent; the pair's row already names the slot.
+            early = max(math.floor(booked - self._clock()) - 1, 0)
+            return self._retry(message, message["attempt"], "budget", early, {"slotAt": booked})
         claim = self.storage.runstates.claim(
             self.name,
             message["scriptId"],
@@ -106,7 +110,10 @@ class Delivery:
             message["version"],
             message.get("digest", ""),
             lease_seconds=self.settings.delivery_lease.total_seconds(),
-            refresh_interval=self.settings.refresh_interval.total_seconds(),
+            refresh_interval=refresh_after(
+                self.budget.refresh_after, self.settings.refresh_interval.total_seconds()
+            ),
+            known=Row.from_snapshot(message["scriptId"], message["deviceId"], message.get("row")),
         )
         if claim.decision is Claim.BUSY:
             # Back when the other delivery's lease ends, not before.
@@ -114,16 +121,22 @@ class Delivery:
             return self._retry(message, tries, "busy", wait)
         if claim.decision is not Claim.WRITE:
             return self._ignore(message, claim)
-        wait = self._take_budget(message, change=claim.change)
-        if wait is not None:
-            self._finish(message, claim, "retried", wait.reason)
-            reason = wait.reason if claim.change or wait.reason == "throttled" else "refresh"
-            if wait.at is None:
-                return self._retry(message, tries, reason, wait.wait)
+        if not isinstance(booked, int | float):
+            booked = claim.slot_at
+        slot = self._take_budget(claim, booked)
+        if slot is not None:
+            if not claim.change and booked is None:
+                # A refresh never waits: the pair's next report is due again, older still.
+                self._finish(message, claim, "ignored", "refresh_skipped")
+                self.storage.forget_payload(message)
+                return QueueOutcome("ignored", "refresh_skipped", message)
+            self._finish(message, claim, "retried", slot.reason, slot_at=slot.at or 0.0)
+            if slot.at is None:
+                return self._retry(message, tries, slot.reason, slot.wait)
             # Visible a little before the slot (the queue counts whole seconds), so the message
             # sleeps the rest and writes on time: a write far past its slot could crowd a window.
-            early = max(math.floor(wait.wait) - 1, 0)
-            return self._retry(message, tries, reason, early, {"slotAt": wait.at})
+            early = max(math.floor(slot.wait) - 1, 0)
+            return self._retry(message, tries, slot.reason, early, {"slotAt": slot.at})
         item = Item(message, self.storage.load_state(message), claim.row)
         written = self.destination.write([item], self._pace)[0]
         return self._settle(message, tries, written, claim)
@@ -156,25 +169,32 @@ class Delivery:
                 self.storage.queue(self.name).delete_message(received)
         return outcomes
 
-    def _take_budget(self, message: dict[str, Any], *, change: bool) -> Slot | None:
+    def _take_budget(self, claim: ClaimResult, booked: float | None) -> Slot | None:
         """None once a write slot is ours (after a short sleep); else the wait and why.
 
-        A change books the next slot even when it lies ahead, and its message comes back for
-        it; a refresh takes budget only when it is free now, so changes always go first.
+        The slot booked for this message, or for an earlier version of its pair, is used when
+        its time comes. Otherwise a change books the next slot even when it lies ahead, and
+        comes back for it; a refresh takes budget only when it is free now and the pair is among
+        the longest unwritten (the refresh age bar), so changes always go first.
         """
         if not self.destination.paced:
             return None
-        booked = message.get("slotAt")
-        if isinstance(booked, int | float):
+        if booked is not None:
             gate = self.budget.gate()
             if gate > 0:
                 return Slot(None, gate, "throttled")
             early = booked - self._clock()
-            if -SLOT_LATENESS <= early <= BUDGET_WAIT_SECONDS:
+            if early > BUDGET_WAIT_SECONDS:
+                return Slot(booked, early)
+            if early >= -SLOT_LATENESS:
                 return self.budget.sleep_until(booked)
             # Back too late: others have written since, so the stale slot is given up (unused,
             # it only leaves the budget under-spent) and a new one booked.
-        slot = self.budget.reserve(BUDGET_WAIT_SECONDS, book_ahead=books_ahead(change))
+        slot = self.budget.reserve(
+            BUDGET_WAIT_SECONDS,
+            book_ahead=books_ahead(claim.change),
+            refresh_age=None if claim.change else claim.age,
+        )
         if slot.at is not None and slot.wait <= BUDGET_WAIT_SECONDS:
             return self.budget.sleep_until(slot.at)
         return slot
@@ -227,6 +247,7 @@ class Delivery:
         *,
         delivered: bool = False,
         keep_lease: bool = False,
+        slot_at: float = 0.0,
     ) -> None:
         if claim is None:
             return
@@ -241,11 +262,10 @@ class Delivery:
             detection_state=message.get("detectionState"),
             keep_lease=keep_lease,
             cache=written.cache if written else None,
+            slot_at=slot_at,
         )
 
     def _ignore(self, message: dict[str, Any], claim: ClaimResult) -> QueueOutcome:
-        if claim.decision is Claim.UNCHANGED and claim.row is not None:
-            self.storage.runstates.skip_unchanged(self.name, claim.row, message["version"])
         self.storage.forget_payload(message)
         reason = {Claim.SUPERSEDED: "superseded", Claim.DELIVERED: "duplicate"}.get(
             claim.decision, "unchanged"
@@ -265,13 +285,10 @@ class Delivery:
         """Send the report again after `delay`, unless its tries or its age are spent."""
         age = datetime.now(UTC) - messages.accepted_at(message)
         if tries >= self.settings.max_attempts or age > self.settings.max_age:
-            if reason == "refresh":
-                # A refresh that never found free budget: the next report refreshes the pair.
-                self.storage.forget_payload(message)
-                return QueueOutcome("ignored", "refresh_skipped", message)
             return self._poison(message, "retries_exhausted", result, lastReason=reason)
         delay = min(max(delay, 0.0), MAX_RETRY_AFTER)
-        again = {k: v for k, v in message.items() if k != "slotAt"}
+        # The carried row is stale once anything was written: the next claim reads its own.
+        again = {k: v for k, v in message.items() if k not in ("slotAt", "row")}
         again |= {"attempt": tries, "lastReason": reason, **(extra or {})}
         self.storage.enqueue(again, delay)
         return QueueOutcome("retried", reason, again, result, delay)

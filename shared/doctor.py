@@ -175,9 +175,10 @@ def _script_ids(settings: Settings, given: list[str] | None) -> tuple[list[str],
 def _storage_checks(settings: Settings, bridge: Any) -> Iterator[Check]:
     from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
 
+    from shared.runstate_table import TABLE
     from shared.runtime import storage_credential
     from shared.settings import QUEUES
-    from shared.store import PAYLOAD_CONTAINER, TABLE, Storage
+    from shared.store import PAYLOAD_CONTAINER, Storage
 
     credential = storage_credential(settings, bridge.credential)
     where = "AzureWebJobsStorage" if settings.storage_connection else "AzureWebJobsStorage__*"

@@ -49,7 +49,10 @@ def build(
     state: DeviceState,
     received_at: datetime,
     agent: str | None = None,
+    row: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """One destination's message; `row` is the run-state row as ingest left it (ETag and all),
+    so the claim can act on it without reading it again while nobody has written since."""
     body = state.patch_body()
     message: dict[str, Any] = {
         "schema": SCHEMA,
@@ -66,6 +69,8 @@ def build(
     }
     if agent:
         message["agent"] = agent
+    if row is not None:
+        message["row"] = row
     return message
 
 

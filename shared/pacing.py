@@ -1,9 +1,10 @@
 """The Graph write budget: Intune allows 200 writes per 20 s per app per tenant, across instances.
 
 One row of the run-state table holds the next free write time (GCRA: each write reserves the next
-1/rate of time, so writes from every instance are spaced evenly) and the 429 gate ("throttled
-until"), so one read tells both. Its failure mode is a pause: when the table is slow or down a
-reservation raises, the queue trigger fails, and the host retries the message later.
+1/rate of time, so writes from every instance are spaced evenly), the 429 gate ("throttled
+until") and the fleet's refresh age bar (`shared.policy.refresh_after`), so one read tells all
+three. Its failure mode is a pause: when the table is slow or down a reservation raises, the
+queue trigger fails, and the host retries the message later.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
 
-from shared.store import ETAG_RETRIES, write_if_unchanged
+from shared.policy import refresh_after
+from shared.runstate_table import ETAG_RETRIES, write_if_unchanged
 
 __all__ = ["BUDGET_PARTITION", "MAX_RETRY_AFTER", "WINDOW_SECONDS", "SharedBudget", "Slot"]
 
@@ -58,18 +60,27 @@ class SharedBudget:
         rate: float,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        *,
+        refresh_interval: float = 0.0,
     ) -> None:
         self.table = table
         self.interval = 1.0 / (rate * _HEADROOM)
+        self.refresh_interval = refresh_interval
+        # The refresh age bar as this process last read it: claims use it to skip refreshes that
+        # are not due without asking the budget row (the row's own value decides at reservation).
+        self.refresh_after = refresh_interval
         self._clock = clock
         self._sleep = sleep
 
-    def reserve(self, horizon: float, *, book_ahead: bool = False) -> Slot:
+    def reserve(
+        self, horizon: float, *, book_ahead: bool = False, refresh_age: float | None = None
+    ) -> Slot:
         """Reserve the next write time if it lies within `horizon` seconds.
 
         With `book_ahead`, a later time is reserved too (a queued change comes back for it);
-        without, nothing is reserved then (a refresh waits until the budget is free). A closed
-        gate reserves nothing either way.
+        without, nothing is reserved then. A refresh (`refresh_age`: seconds since the pair's
+        last write) reserves only if it is at least as old as the refresh age bar, and one that
+        finds the budget taken raises the bar. A closed gate reserves nothing either way.
         """
         for _ in range(ETAG_RETRIES):
             now = self._clock()
@@ -77,12 +88,33 @@ class SharedBudget:
             gate = 0.0 if row is None else float(row.get("ThrottledUntil") or 0) - now
             if gate > 0:
                 return Slot(None, gate, "throttled")
-            at = max(float(row.get("Next") or 0) if row is not None else 0.0, now)
+            free = float(row.get("Next") or 0) if row is not None else now
+            bar = self.refresh_after
+            if refresh_age is not None and refresh_age < bar:
+                return Slot(None, bar - refresh_age, "not_due")
+            at = max(free, now)
             if at - now > horizon and not book_ahead:
+                if refresh_age is not None:
+                    self._raise_bar(row, bar)
                 return Slot(None, at - now)
-            if self._write(row, {"Next": at + self.interval, **_count(row, at)}):
+            fields = {"Next": at + self.interval, **_count(row, at)}
+            # Time the budget stood unused lowers the bar: refreshes nearer the floor are due.
+            lowered = (
+                refresh_after(bar, self.refresh_interval, idle_slots=(now - free) / self.interval)
+                if free < now
+                else bar
+            )
+            if lowered != bar:
+                fields["RefreshAfter"] = lowered
+            if self._write(row, fields):
                 return Slot(at, at - now)
         return Slot(None, self.interval)  # heavy contention: no budget right now
+
+    def _raise_bar(self, row: Any | None, bar: float) -> None:
+        """One try: the bar is a shared estimate, and a lost race only means another raised it."""
+        raised = refresh_after(bar, self.refresh_interval, missed=1)
+        if raised != bar and self._write(row, {"RefreshAfter": raised}):
+            self.refresh_after = raised
 
     def acquire(self, max_wait: float) -> Slot:
         """Reserve a write time within `max_wait` and sleep until it (sync mode, the doctor)."""
@@ -124,6 +156,7 @@ class SharedBudget:
             "throttledUntil": until if until > now else None,
             "writesThisWindow": int(row.get("WindowCount") or 0) if current else 0,
             "windowBudget": round(WINDOW_SECONDS / self.interval, 1),
+            "refreshAfterSeconds": round(self._bar(row)),
         }
 
     def throttled(self, seconds: float) -> float:
@@ -145,11 +178,17 @@ class SharedBudget:
                 return seconds
         return seconds
 
+    def _bar(self, row: Any | None) -> float:
+        stored = float(row.get("RefreshAfter") or 0) if row is not None else 0.0
+        return refresh_after(stored, self.refresh_interval)
+
     def _read(self) -> Any | None:
         try:
-            return self.table.get_entity(partition_key=BUDGET_PARTITION, row_key=_PACE)
+            row = self.table.get_entity(partition_key=BUDGET_PARTITION, row_key=_PACE)
         except ResourceNotFoundError:
-            return None
+            row = None
+        self.refresh_after = self._bar(row)
+        return row
 
     def _write(self, row: Any | None, fields: dict[str, Any]) -> bool:
         entity = {"PartitionKey": BUDGET_PARTITION, "RowKey": _PACE, **fields}

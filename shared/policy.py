@@ -1,4 +1,5 @@
-"""The pure decisions of delivery: accept or ignore, write or skip, change or refresh.
+"""The pure decisions of delivery: accept or ignore, write or skip, change or refresh, and how
+often a fleet's unchanged states can be refreshed on the budget it has.
 
 State in, decision out, no I/O: the store feeds these functions what a run-state row holds, and the
 fleet simulation in bench/ drives the very same functions.
@@ -10,6 +11,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 __all__ = [
+    "MAX_REFRESH_AFTER",
+    "REFRESH_STEP",
+    "SLOT_LATENESS",
     "Acceptance",
     "Claim",
     "ClaimDecision",
@@ -17,7 +21,18 @@ __all__ = [
     "acceptance",
     "books_ahead",
     "decide_claim",
+    "refresh_after",
 ]
+
+# A booked slot is used only this close to its time: writes shifted by at most this much keep
+# every 20 s window within the budget's 5% headroom (20 s / 0.95 - 20 s = 1.05 s).
+SLOT_LATENESS = 0.5
+# How far one refresh that found no free budget raises the fleet's refresh age bar, and one unused
+# budget slot lowers it: small steps, so the bar settles where the refreshes due match the spare
+# budget instead of swinging with each burst.
+REFRESH_STEP = 0.01
+# The bar never rises past this (a year): a budget held by changes for days must not park it.
+MAX_REFRESH_AFTER = 366 * 86400.0
 
 
 class Acceptance(StrEnum):
@@ -52,6 +67,8 @@ class PairState:
     lease_until: float = 0.0
     digest: str = ""
     written_at: float = 0.0
+    # A budget slot an earlier version of the pair booked and has not used yet (0: none).
+    slot_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +77,10 @@ class ClaimDecision:
     wait: float = 0.0
     # A change goes before any refresh when the write budget cannot keep up.
     change: bool = True
+    # The slot this version takes over from an earlier one the pair booked (None: book its own).
+    slot_at: float | None = None
+    # Seconds since the pair's last write: a refresh's place in the age order.
+    age: float = 0.0
 
 
 def decide_claim(
@@ -68,7 +89,9 @@ def decide_claim(
     """What one queued version of a pair should do now.
 
     `refresh_interval` 0 writes every version; otherwise a state equal to the last one written
-    is written again only once that write is older than the interval.
+    is written again only once that write is older than the interval. A version that writes
+    inherits the slot an earlier version of its pair booked: a pair holds at most one place in
+    the budget's queue, however often it reports while it waits.
     """
     if pair.accepted > version:
         return ClaimDecision(Claim.SUPERSEDED)
@@ -77,9 +100,11 @@ def decide_claim(
     if pair.lease_until > now:
         return ClaimDecision(Claim.BUSY, wait=pair.lease_until - now)
     change = not pair.digest or pair.digest != digest
-    if not change and refresh_interval > 0 and now - pair.written_at < refresh_interval:
-        return ClaimDecision(Claim.UNCHANGED, change=False)
-    return ClaimDecision(Claim.WRITE, change=change)
+    age = now - pair.written_at
+    if not change and refresh_interval > 0 and age < refresh_interval:
+        return ClaimDecision(Claim.UNCHANGED, change=False, age=age)
+    slot = pair.slot_at if pair.slot_at >= now - SLOT_LATENESS else None
+    return ClaimDecision(Claim.WRITE, change=change, slot_at=slot, age=age)
 
 
 def books_ahead(change: bool) -> bool:
@@ -88,3 +113,18 @@ def books_ahead(change: bool) -> bool:
     So when the budget cannot keep up every change is written before any refresh.
     """
     return change
+
+
+def refresh_after(bar: float, floor: float, *, missed: int = 0, idle_slots: float = 0.0) -> float:
+    """The fleet's refresh age bar: how old a pair's last write must be before it is refreshed.
+
+    It starts at `floor` (`BRIDGE_REFRESH_INTERVAL`); each refresh that found the budget taken
+    raises it a step and each budget slot that went unused lowers it a step, so it settles where
+    the refreshes due fit the budget the changes leave: the pairs written longest ago are
+    refreshed first, and a refresh that misses ends instead of retrying. `floor` 0 (every
+    report written) keeps no bar.
+    """
+    if floor <= 0:
+        return 0.0
+    value = max(bar, floor) * (1 + REFRESH_STEP) ** (missed - idle_slots)
+    return min(max(value, floor), MAX_REFRESH_AFTER)

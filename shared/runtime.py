@@ -73,7 +73,11 @@ class Bridge:
         """The tenant's Graph write budget, shared with every instance through the table."""
         from shared.pacing import SharedBudget
 
-        return SharedBudget(self.storage.table, self.settings.graph_writes_per_second)
+        return SharedBudget(
+            self.storage.table,
+            self.settings.graph_writes_per_second,
+            refresh_interval=self.settings.refresh_interval.total_seconds(),
+        )
 
     @cached_property
     def destinations(self) -> dict[str, Destination]:

@@ -12,8 +12,9 @@ from typing import Any
 
 from shared import messages
 from shared.pacing import BUDGET_PARTITION, SharedBudget
+from shared.runstate_table import PREFIX
 from shared.settings import QUEUES, Settings
-from shared.store import PREFIX, Storage
+from shared.store import Storage
 
 __all__ = ["collect", "render"]
 
@@ -39,7 +40,11 @@ def collect(storage: Storage, settings: Settings, now: datetime | None = None) -
             "poisoned": poison.get_queue_properties().approximate_message_count,
             "poisonedByReason": dict(reasons),
         }
-    budget = SharedBudget(storage.table, settings.graph_writes_per_second).snapshot()
+    budget = SharedBudget(
+        storage.table,
+        settings.graph_writes_per_second,
+        refresh_interval=settings.refresh_interval.total_seconds(),
+    ).snapshot()
     if budget["throttledUntil"] is not None:
         budget["throttledUntil"] = datetime.fromtimestamp(budget["throttledUntil"], UTC).isoformat()
     return {"queues": queues, "budget": budget, "scripts": _devices(storage)}
@@ -78,6 +83,8 @@ def render(status: dict[str, Any]) -> str:
     gate = "open" if b["gateOpen"] else f"closed until {b['throttledUntil']}"
     lines.append(f"429 gate: {gate}")
     lines.append(f"writes this 20 s window: {b['writesThisWindow']} of {b['windowBudget']}")
+    hours = b["refreshAfterSeconds"] / 3600
+    lines.append(f"unchanged states refreshed after: {hours:.1f} h (the refresh age bar)")
     lines.append("devices by state, per script:")
     for script, views in status["scripts"].items():
         for view, counts in views.items():

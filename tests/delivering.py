@@ -50,7 +50,11 @@ def make_delivery(
     }
     config = Settings.from_env(values)
     client = GraphClient(config.graph_url, config.graph_scope, make_credential(CLIENT_ID))
-    budget = SharedBudget(storage.storage.table, config.graph_writes_per_second)
+    budget = SharedBudget(
+        storage.storage.table,
+        config.graph_writes_per_second,
+        refresh_interval=config.refresh_interval.total_seconds(),
+    )
     return Delivery(RunStates(client, config), storage.storage, budget, config), config
 
 

@@ -124,8 +124,8 @@ def test_the_token_refresh_retry_takes_a_slot_of_the_write_budget(
     slots: list[float] = []
     reserve = delivery.budget.reserve
 
-    def counted(horizon: float, *, book_ahead: bool = False) -> Any:
-        slot = reserve(horizon, book_ahead=book_ahead)
+    def counted(horizon: float, **lane: Any) -> Any:
+        slot = reserve(horizon, **lane)
         slots.append(slot.wait)
         return slot
 
@@ -240,7 +240,7 @@ def test_two_reports_of_one_version_at_once_get_one_acceptance_and_one_duplicate
     from concurrent.futures import ThreadPoolExecutor
 
     from shared.policy import Acceptance
-    from shared.store import RunStateStore
+    from shared.runstate_table import RunStateStore
 
     version = "2026-11-28T10:00:02.000000Z"
     both_read = threading.Barrier(2)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from shared.outcomes import CallResult
-from shared.store import Row
+from shared.runstate_table import Row
 
 __all__ = ["Destination", "Item", "Pace", "Written"]
 
