@@ -18,7 +18,6 @@ from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import (
-    AzureError,
     ResourceExistsError,
     ResourceModifiedError,
     ResourceNotFoundError,
@@ -36,7 +35,6 @@ __all__ = [
     "Row",
     "RunStateStore",
     "Storage",
-    "StorageError",
     "poison_queue",
     "write_if_unchanged",
 ]
@@ -50,8 +48,6 @@ MAX_INLINE_MESSAGE = 45_000
 ETAG_RETRIES = 8
 # Run-state column prefix per destination: the graph columns keep their first names.
 PREFIX = {"graph": "", "logs": "Logs", "entra": "Entra"}
-# Any failure of the storage service or of the identity that reaches it.
-StorageError = AzureError
 
 
 def poison_queue(destination: str) -> str:
