@@ -26,7 +26,7 @@ def test_defaults_are_designs() -> None:
     assert s.run_state_id_template == "{scriptId}:{deviceId}"
     assert s.graph_url == "https://graph.microsoft.com/beta"
     assert s.graph_scope == "https://graph.microsoft.com/.default"
-    assert s.credential == "managed_identity"
+    assert s.credential_kind == "managed_identity"
     assert s.delivery_mode == "queue"
     assert s.graph_writes_per_second == 8
 
