@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     shared = (
         None
         if settings.storage_connection
-        else make_credential(settings.azure_client_id, settings.credential)
+        else make_credential(settings.azure_client_id, settings.credential_kind)
     )
     storage = Storage(settings, storage_credential(settings, shared))  # creates nothing
     from azure.core.exceptions import ResourceNotFoundError

@@ -239,7 +239,8 @@ def _accept(
     Store first, answer second: a 2xx means the report is kept (or was already known). The
     same checks, claim, budget and dead-lettering hold in both delivery modes.
     """
-    from shared.store import StorageError
+    # Any Azure SDK failure on the way to storage: the service, or the identity that reaches it.
+    from azure.core.exceptions import AzureError
 
     settings = bridge.settings
     version = timestamps.version(state.last_state_update)
@@ -259,7 +260,7 @@ def _accept(
             state.detection_state.value,
             claim=("graph", lease) if inline else None,
         )
-    except StorageError:
+    except AzureError:
         return _not_stored(report_id)
     if accepted.acceptance is not Acceptance.NEW:
         return _ignored(report_id, report, accepted.acceptance.value)
@@ -291,7 +292,7 @@ def _accept(
     try:
         for name in names:
             bridge.storage.enqueue(build(name))
-    except StorageError:
+    except AzureError:
         bridge.storage.runstates.unaccept(accepted.row, version, accepted.previous)
         return _not_stored(report_id)
     _accepted(report_id, report, state, with_output=settings.telemetry_script_output, agent=agent)

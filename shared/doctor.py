@@ -104,7 +104,7 @@ def _settings_checks(settings: Settings, environ: Mapping[str, str]) -> Iterator
         f"valid: {settings.delivery_mode} mode, cloud {settings.graph_cloud.value}, auth "
         f"{','.join(sorted(settings.auth_modes))}, Graph {graph}",
     )
-    if settings.credential == "default":
+    if settings.credential_kind == "default":
         yield Check(
             "credential",
             WARN,

@@ -34,7 +34,7 @@ GRANT = (
 
 
 def _credential_name(settings: Settings) -> str:
-    if settings.credential == "default":
+    if settings.credential_kind == "default":
         return "DefaultAzureCredential"
     if settings.azure_client_id:
         return f"the managed identity {settings.azure_client_id}"

@@ -28,7 +28,7 @@ def storage_credential(settings: Settings, shared: TokenSource | None = None) ->
         return shared
     from shared.graph import make_credential
 
-    return make_credential(client_id, settings.credential)
+    return make_credential(client_id, settings.credential_kind)
 
 
 @dataclass
@@ -45,7 +45,7 @@ class Bridge:
     def from_settings(cls, settings: Settings) -> Bridge:
         from shared.graph import GraphClient, make_credential
 
-        credential = make_credential(settings.azure_client_id, settings.credential)
+        credential = make_credential(settings.azure_client_id, settings.credential_kind)
         graph = GraphClient(
             settings.graph_url,
             settings.graph_scope,

@@ -150,7 +150,7 @@ class Settings(BaseModel):
     graph_cloud: Cloud = Field(Cloud.GLOBAL, alias="BRIDGE_GRAPH_CLOUD")
     graph_base_url: str | None = Field(None, alias="GRAPH_BASE_URL")
     azure_client_id: str | None = Field(None, alias="AZURE_CLIENT_ID")
-    credential: str = Field("managed_identity", alias="BRIDGE_CREDENTIAL")
+    credential_kind: str = Field("managed_identity", alias="BRIDGE_CREDENTIAL")
     delivery_mode: str = Field("queue", alias="BRIDGE_DELIVERY_MODE")
     max_body_bytes: int = Field(2 * 1024 * 1024, alias="BRIDGE_MAX_BODY_BYTES", gt=0)
     max_output_chars: int = Field(1_048_576, alias="BRIDGE_MAX_OUTPUT_CHARS", ge=64)
@@ -209,9 +209,9 @@ class Settings(BaseModel):
     storage_blob_uri: str | None = Field(None, alias="AzureWebJobsStorage__blobServiceUri")
     storage_client_id: str | None = Field(None, alias="AzureWebJobsStorage__clientId")
 
-    @field_validator("credential")
+    @field_validator("credential_kind")
     @classmethod
-    def _credential(cls, value: str) -> str:
+    def _credential_kind(cls, value: str) -> str:
         value = value.strip().lower()
         if value not in {"managed_identity", "default"}:
             raise ValueError("must be managed_identity or default")

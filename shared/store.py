@@ -12,7 +12,7 @@ import math
 import uuid
 from typing import Any
 
-from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
 from shared.runstate_table import TABLE, RunStateStore
 from shared.settings import QUEUES, Settings
@@ -21,15 +21,12 @@ __all__ = [
     "MAX_INLINE_MESSAGE",
     "PAYLOAD_CONTAINER",
     "Storage",
-    "StorageError",
     "poison_queue",
 ]
 
 PAYLOAD_CONTAINER = "compliance-payloads"
 # A queue message holds 64 KiB after base64; larger reports travel as a blob (claim check).
 MAX_INLINE_MESSAGE = 45_000
-# Any failure of the storage service or of the identity that reaches it.
-StorageError = AzureError
 
 
 def poison_queue(destination: str) -> str:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from devstack import graph as graph_emulator
 from shared.mapping import TIMED_OUT_NOTE, TRUNCATION_MARKER, cap_output, map_report
 from shared.models import ComplianceReport, DetectionState
 
@@ -71,15 +72,26 @@ def test_detection_state_rules(execution: dict, top: dict, expected: str) -> Non
     assert mapped(report(execution, **top))["detectionState"] == expected
 
 
-def test_all_six_run_states_and_no_others() -> None:
-    assert {s.value for s in DetectionState} == {
-        "unknown",
-        "success",
-        "fail",
-        "scriptError",
-        "pending",
-        "notApplicable",
-    }
+# Graph beta's runState enum as its $metadata declares it (reference/graph-intune.md), written out
+# here rather than read from any code: six members, numbered in this order, no unknownFutureValue.
+GRAPH_RUN_STATE = {
+    "unknown": 0,
+    "success": 1,
+    "fail": 2,
+    "scriptError": 3,
+    "pending": 4,
+    "notApplicable": 5,
+}
+
+
+def test_detection_states_are_graphs_six_run_states_and_no_others() -> None:
+    # Values travel as names; the members keep Graph's order, which is its numbering.
+    assert {state.value: n for n, state in enumerate(DetectionState)} == GRAPH_RUN_STATE
+    # The Graph emulator, whose schema check the bridge's writes meet in every local test.
+    assert {state: n for n, state in enumerate(graph_emulator.RUN_STATES)} == GRAPH_RUN_STATE
+    for state in DetectionState:
+        body = mapped(report(detectionState=state.value))
+        assert graph_emulator.validate_patch_body(body) is None, state
 
 
 TIME_RULES = [

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from shared.settings import Settings, SettingsError, parse_duration
+from shared.settings import Cloud, Settings, SettingsError, parse_duration
 from tests.certs import trusted
 
 # Queue mode (the default) needs storage; these tests are about other settings.
@@ -17,18 +17,70 @@ def load(**values: str) -> Settings:
     return Settings.from_env({**STORAGE, **values})
 
 
-def test_defaults_are_designs() -> None:
+# Each app setting's value while it is unset, as DESIGN.md documents it...
+DESIGN_DEFAULTS: dict[str, object] = {
+    "GRAPH_BASE_URL": None,  # derived from the cloud: asserted in the test
+    "BRIDGE_MAX_BODY_BYTES": 2 * 1024 * 1024,
+    "BRIDGE_MAX_OUTPUT_CHARS": 1_048_576,
+    "BRIDGE_SCRIPT_INTERVAL": timedelta(hours=8),
+    "BRIDGE_CLOCK_SKEW": timedelta(minutes=5),
+    "BRIDGE_RUN_STATE_ID_TEMPLATE": "{scriptId}:{deviceId}",
+    "BRIDGE_ALLOWED_SCRIPT_IDS": frozenset(),  # optional: every script is allowed
+    "BRIDGE_DESTINATIONS": ("graph",),
+    "BRIDGE_LOGS_STREAM": "Custom-IntuneComplianceScriptState_CL",
+    "BRIDGE_REFRESH_INTERVAL": timedelta(hours=8),
+    "BRIDGE_AUTH_MODE": frozenset({"function"}),
+    "BRIDGE_GRAPH_WRITES_PER_SECOND": 8,
+}
+# ...and where DESIGN.md is silent, as the README's settings table does.
+README_DEFAULTS: dict[str, object] = {
+    "BRIDGE_GRAPH_CLOUD": Cloud.GLOBAL,
+    "AZURE_CLIENT_ID": None,  # the system-assigned identity
+    "BRIDGE_CREDENTIAL": "managed_identity",
+    "BRIDGE_DELIVERY_MODE": "queue",
+    "BRIDGE_RUN_STATE_LOOKUP_FALLBACK": None,
+    "BRIDGE_LOGS_ENDPOINT": None,
+    "BRIDGE_LOGS_RULE_ID": None,
+    "BRIDGE_ENTRA_ATTRIBUTES": {},
+    "BRIDGE_TENANT_ID": None,
+    "BRIDGE_TRUSTED_CA_CERTS": (),
+    "BRIDGE_HMAC_SECRETS": (),
+    "BRIDGE_DEVICE_RATE_LIMIT": 60,
+    "BRIDGE_TELEMETRY_SCRIPT_OUTPUT": False,
+    "BRIDGE_GRAPH_CONNECT_TIMEOUT": 3.05,
+    "BRIDGE_GRAPH_READ_TIMEOUT": 15.0,
+    "BRIDGE_SYNC_ATTEMPTS": 3,
+    "BRIDGE_SYNC_MAX_WAIT": timedelta(seconds=10),
+    "BRIDGE_MAX_ATTEMPTS": 20,
+    "BRIDGE_MAX_AGE": timedelta(hours=24),
+    "BRIDGE_DELIVERY_LEASE": timedelta(seconds=60),
+    "AzureWebJobsStorage": None,
+    "AzureWebJobsStorage__accountName": None,
+    "AzureWebJobsStorage__queueServiceUri": None,
+    "AzureWebJobsStorage__tableServiceUri": None,
+    "AzureWebJobsStorage__blobServiceUri": None,
+    "AzureWebJobsStorage__clientId": None,  # AZURE_CLIENT_ID's identity
+}
+
+
+def unset_values() -> dict[str, object]:
+    """Every setting, by its app-setting name, as Settings holds it while that name is unset."""
+    # Settings refuses to start without storage, so AzureWebJobsStorage's own default is read
+    # where identity-based storage is set instead.
+    by_connection = load()
+    by_identity = Settings.from_env({"AzureWebJobsStorage__accountName": "stbridge"})
+    return {
+        field.alias: getattr(by_identity if field.alias in STORAGE else by_connection, name)
+        for name, field in Settings.model_fields.items()
+    }
+
+
+def test_every_setting_has_its_documented_default() -> None:
+    # Compared as whole dicts: a setting added without a default here fails too.
+    assert unset_values() == DESIGN_DEFAULTS | README_DEFAULTS
     s = load()
-    assert s.max_body_bytes == 2 * 1024 * 1024
-    assert s.max_output_chars == 1_048_576
-    assert s.script_interval == timedelta(hours=8)
-    assert s.clock_skew == timedelta(minutes=5)
-    assert s.run_state_id_template == "{scriptId}:{deviceId}"
     assert s.graph_url == "https://graph.microsoft.com/beta"
     assert s.graph_scope == "https://graph.microsoft.com/.default"
-    assert s.credential == "managed_identity"
-    assert s.delivery_mode == "queue"
-    assert s.graph_writes_per_second == 8
 
 
 @pytest.mark.parametrize(
@@ -115,8 +167,16 @@ def test_allowed_script_ids_are_a_canonical_set() -> None:
     }
 
 
-def test_empty_values_mean_unset() -> None:
-    assert load(AZURE_CLIENT_ID="", GRAPH_BASE_URL=" ").azure_client_id is None
+@pytest.mark.parametrize("blank", ["", " ", "\t\n"])
+def test_empty_values_mean_unset(blank: str) -> None:
+    every_other = {field.alias for field in Settings.model_fields.values()} - set(STORAGE)
+    assert load(**dict.fromkeys(every_other, blank)).model_dump() == load().model_dump()
+    s = load(AZURE_CLIENT_ID=blank, GRAPH_BASE_URL=blank)
+    assert s.azure_client_id is None
+    assert s.graph_base_url is None
+    assert s.graph_url == "https://graph.microsoft.com/beta"
+    with pytest.raises(SettingsError, match="the bridge needs AzureWebJobsStorage"):
+        Settings.from_env({"AzureWebJobsStorage": blank})
 
 
 def test_both_modes_need_storage() -> None:
