@@ -2,22 +2,23 @@
 
     python -m bench.fleet [--devices 100000] [--scripts 3] [--interval 3600] [--changes 0.02]
                           [--days 3] [--rate <BRIDGE_GRAPH_WRITES_PER_SECOND default>]
-                          [--refresh <BRIDGE_REFRESH_INTERVAL default, s>] [--shard 10]
-                          [--also 500000x5@0.5/50]
+                          [--refresh <BRIDGE_REFRESH_INTERVAL default, s>] [--shard 1]
+                          [--also 500000x5@0.5/10] [--cold]
 
 Discrete events in simulated time, no I/O. Every report of every (script, device) pair is decided
-by `shared.policy.decide_claim` and every write slot is reserved by `shared.pacing.SharedBudget`
-itself (its clock is the simulated one, its table an in-memory TableClient with ETag semantics),
-taking the lane `shared.policy.books_ahead` gives it, as `Delivery._take_budget` does: a change
-books the next slot however far ahead and comes back for it, a refresh takes only a slot free
-within BUDGET_WAIT_SECONDS and otherwise comes back after the queue's whole-second visibility
-delay, until BRIDGE_MAX_ATTEMPTS ends it as `refresh_skipped`. What is not simulated: the
-hosts (assumed always ready; no processing time, no poll delay), 429s (the budget keeps Graph
-under its limit), storage failures.
+by `shared.policy.decide_claim` (with the fleet's refresh age bar) and every write slot is
+reserved by `shared.pacing.SharedBudget` itself (its clock is the simulated one, its table an
+in-memory TableClient with ETag semantics), following the steps of `Delivery._ordered`: a slot
+the pair already booked is used (or waited for); otherwise a change books the next slot however
+far ahead and comes back for it, and a refresh takes only a slot free within
+BUDGET_WAIT_SECONDS, tries again as `shared.policy.refresh_retry` says, and then ends
+(`refresh_skipped`: the pair's next report is due again). What is not simulated: the hosts
+(assumed always ready; no processing time, no poll delay), 429s (the budget keeps Graph under
+its limit), storage failures.
 
-By default it simulates a shard: 1/10 of the devices with 1/10 of the budget (`--shard`), so
-that 3 days of an oversubscribed fleet, whose refreshes retry every few seconds, take minutes;
-ages and latencies are the whole fleet's, write rates are multiplied back (`--shard 1` runs all).
+`--shard K` simulates 1/K of the devices with 1/K of the budget (every share, age and latency is
+the whole fleet's, write rates are multiplied back); its budget slots are K times coarser against
+the fixed 3 s horizon, which favours idle budget, so the default is the whole fleet.
 """
 
 from __future__ import annotations
@@ -36,7 +37,14 @@ from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, Re
 
 from bench._stack import header, percentile, verdict, write_json
 from shared.pacing import MAX_RETRY_AFTER, SharedBudget
-from shared.policy import Claim, PairState, books_ahead, decide_claim
+from shared.policy import (
+    SLOT_LATENESS,
+    Claim,
+    PairState,
+    books_ahead,
+    decide_claim,
+    refresh_retry,
+)
 from shared.settings import BUDGET_WAIT_SECONDS, Settings
 
 # Graph's own limit per app per tenant: 200 writes in any 20 s.
@@ -176,7 +184,13 @@ def simulate(fleet: Fleet, schedule: Iterator[tuple[float, int, bool]] | None = 
     end = fleet.days * 86400
     clock = [0.0]
     table = MemoryTable()
-    budget = SharedBudget(table, fleet.rate, clock=lambda: clock[0], sleep=lambda _: None)
+    budget = SharedBudget(
+        table,
+        fleet.rate,
+        clock=lambda: clock[0],
+        sleep=lambda _: None,
+        refresh_interval=fleet.refresh,
+    )
     limit = fleet.refresh_limit(fleet.rate)
     # A warm fleet starts as one written round-robin at the spare budget (or within the
     # refresh interval, if that is longer): the steady state the goals are measured against.
@@ -186,26 +200,46 @@ def simulate(fleet: Fleet, schedule: Iterator[tuple[float, int, bool]] | None = 
     written = [-rng.random() * spread if fleet.warm else -math.inf for _ in range(n)]
     accepted = [-1] * n  # versions: the report's time in ms (fixed width in the product)
     delivered = [-1] * n
+    booked = [0.0] * n  # the run-state row's SlotAt: a slot the pair booked and has not used
     pending = [-1.0] * n  # when the oldest undelivered change of the pair was reported
     writes: list[float] = []
     change_writes = 0
     latencies: list[float] = []
     ages: list[float] = []  # a pair's refresh age when a refresh write replaced it
     outcome = {"superseded": 0, "duplicate": 0, "unchanged": 0, "refresh_skipped": 0}
-    outcome |= {"poisoned": 0, "retried": 0, "reports": 0, "budget_calls": 0, "slots": 0}
+    outcome |= {"poisoned": 0, "retried": 0, "slot_waits": 0, "reports": 0, "slots": 0}
+    outcome |= {"inherited": 0, "refresh_retried": 0}
     day_oldest = [0.0] * (math.ceil(fleet.days) + 1)
     heap: list[tuple[float, int, int, int, int, int, float]] = []
     seq = 0
     horizon = BUDGET_WAIT_SECONDS
-    refresh = fleet.refresh
     superseded, duplicate, unchanged = Claim.SUPERSEDED, Claim.DELIVERED, Claim.UNCHANGED
 
+    def later(at: float, p: int, version: int, dig: int, *, tries: int, slot_at: float) -> None:
+        nonlocal seq
+        seq += 1
+        heapq.heappush(heap, (at, seq, p, version, dig, tries, slot_at))
+
     def handle(event: tuple[float, int, int, int, int, int, float]) -> None:
-        nonlocal seq, change_writes
+        nonlocal change_writes
         now, _, p, version, dig, tries, slot_at = event
         clock[0] = now
-        pair = PairState(accepted[p], delivered[p], 0.0, digest[p], written[p])  # type: ignore[arg-type]
-        decision = decide_claim(pair, version, dig, now, refresh)  # type: ignore[arg-type]
+        if slot_at >= 0 and slot_at - now > horizon + 1:
+            # Delivery._ordered: back early for a far slot, wait again without a claim or a try.
+            outcome["slot_waits"] += 1
+            wait = min(max(math.floor(slot_at - now) - 1, 0), MAX_RETRY_AFTER)
+            later(now + max(wait, 1), p, version, dig, tries=tries, slot_at=slot_at)
+            return
+        pair = PairState(accepted[p], delivered[p], 0.0, digest[p], written[p], booked[p])  # type: ignore[arg-type]
+        decision = decide_claim(
+            pair,
+            version,  # type: ignore[arg-type]
+            dig,  # type: ignore[arg-type]
+            now,
+            fleet.refresh,
+            refresh_bar=budget.refresh_after,
+            key=str(p),
+        )
         claim = decision.claim
         if claim is superseded:
             outcome["superseded"] += 1
@@ -218,28 +252,57 @@ def simulate(fleet: Fleet, schedule: Iterator[tuple[float, int, bool]] | None = 
             outcome["unchanged"] += 1
             return
         change = decision.change
+        if slot_at < 0 and decision.slot_at is not None:
+            slot_at = decision.slot_at
+            outcome["inherited"] += 1
         at = None
-        if slot_at >= 0 and slot_at - now <= horizon:
-            at = max(slot_at, now)
+        if slot_at >= 0:  # Delivery._take_budget with a booked slot
+            if slot_at - now > horizon:
+                booked[p] = slot_at
+                outcome["retried"] += 1
+                wait = max(math.floor(slot_at - now) - 1, 0)
+                later(now + wait, p, version, dig, tries=tries + 1, slot_at=slot_at)
+                return
+            if slot_at - now >= -SLOT_LATENESS:
+                at = max(slot_at, now)
         if at is None:
-            outcome["budget_calls"] += 1
-            slot = budget.reserve(horizon, book_ahead=books_ahead(change))
+            slot = budget.reserve(
+                horizon,
+                book_ahead=books_ahead(change),
+                refresh_rank=None if change else decision.rank,
+                last_try=refresh_retry(tries - 1, 0.0, decision.rank, budget.refresh_after) is None,
+            )
             outcome["slots"] += slot.at is not None
             if slot.at is not None and slot.wait <= horizon:
                 at = slot.at
+            elif not change and slot.at is None:
+                # Delivery._ordered: a few tries spread over the next minutes, then it ends.
+                booked[p] = 0.0
+                again = refresh_retry(tries - 1, rng.random(), decision.rank, budget.refresh_after)
+                if again is None or slot.reason == "not_due":
+                    outcome["refresh_skipped"] += 1
+                    return
+                outcome["refresh_retried"] += 1
+                later(now + math.ceil(again), p, version, dig, tries=tries + 1, slot_at=-1.0)
+                return
             else:
                 accepted_ms = version / 1000
                 if tries >= fleet.max_attempts or now - accepted_ms > fleet.max_age:
-                    outcome["poisoned" if change else "refresh_skipped"] += 1
+                    outcome["poisoned"] += 1
+                    booked[p] = 0.0
                     return
                 outcome["retried"] += 1
-                # Storage.enqueue: the visibility delay is whole seconds.
-                delay = math.ceil(min(max(slot.wait, 0.0), MAX_RETRY_AFTER))
-                booked = slot.at if slot.at is not None else -1.0
-                seq += 1
-                heapq.heappush(heap, (now + delay, seq, p, version, dig, tries + 1, booked))
+                if slot.at is None:  # the gate or heavy contention: back after the wait
+                    later(
+                        now + math.ceil(slot.wait), p, version, dig, tries=tries + 1, slot_at=-1.0
+                    )
+                    return
+                booked[p] = slot.at
+                wait = min(max(math.floor(slot.wait) - 1, 0), MAX_RETRY_AFTER)
+                later(now + wait, p, version, dig, tries=tries + 1, slot_at=slot.at)
                 return
         writes.append(at)
+        booked[p] = 0.0
         delivered[p] = version
         digest[p] = dig
         age = at - written[p]
@@ -302,6 +365,7 @@ def simulate(fleet: Fleet, schedule: Iterator[tuple[float, int, bool]] | None = 
         "oldest_refresh_age": max(oldest_now, max(ages, default=0.0)),
         "oldest_refresh_age_at_end": oldest_now,
         "oldest_refresh_by_day": day_oldest[: math.ceil(fleet.days)],
+        "refresh_after_at_end": budget.refresh_after,
     }
 
 
@@ -390,13 +454,18 @@ def report(result: dict, whole: Fleet) -> dict[str, bool | None]:
         f"(at the 0.95 ceiling: {_duration(fleet.refresh_limit(ceiling))}); "
         f"the refresh interval allows no less than {_duration(fleet.refresh)}"
     )
-    # The oldest refresh age cannot beat the limit, nor the interval plus one report interval.
-    floor = max(limit, fleet.refresh + fleet.interval) if fleet.refresh else limit
+    # The oldest refresh age cannot beat the limit at the budget the product spends (0.95 x the
+    # setting), nor the refresh interval plus one report interval. Judged on the last simulated
+    # day (the steady state; the first carries the warm start's spread), and shown against the
+    # limit at the full setting too.
+    floor = fleet.refresh_limit(ceiling)
+    if fleet.refresh:
+        floor = max(floor, fleet.refresh + fleet.interval)
+    steady = result["oldest_refresh_by_day"][-1] if result["oldest_refresh_by_day"] else 0.0
     goals = {
         "change latency p99 <= 5 min": lat["p99"] <= LATENCY_GOAL
         and result["undelivered_oldest"] <= LATENCY_GOAL,
-        "oldest refresh age within 10% of the limit": result["oldest_refresh_age"]
-        <= REFRESH_GOAL * floor,
+        "oldest refresh age within 10% of the limit": steady <= REFRESH_GOAL * floor,
         "no 20 s window over 200 writes": result["peak_writes_20s"] <= GRAPH_WINDOW_WRITES,
     }
     if not math.isfinite(floor):
@@ -405,12 +474,20 @@ def report(result: dict, whole: Fleet) -> dict[str, bool | None]:
         f"   busiest 20 s: {result['peak_writes_20s']} writes (Graph allows "
         f"{GRAPH_WINDOW_WRITES}; the setting {fleet.rate * GRAPH_WINDOW:.0f})"
     )
-    print(f"   floor for the oldest refresh age: {_duration(floor)}")
-    wasted = result["outcomes"]["slots"] - result["writes"]
+    if math.isfinite(floor):
+        print(
+            f"   oldest refresh age on the last day {_duration(steady)}: {steady / floor:.2f} x "
+            f"the floor {_duration(floor)} (at the 0.95 ceiling), "
+            f"{steady / limit if math.isfinite(limit) else math.inf:.2f} x the limit at the "
+            f"full setting; refresh age bar at the end {_duration(result['refresh_after_at_end'])}"
+        )
+    out = result["outcomes"]
+    wasted = out["slots"] - result["writes"]
     print(
-        f"   budget slots reserved {result['outcomes']['slots'] * k:,}, written "
-        f"{result['writes'] * k:,}: {wasted * k:,} booked by a change that a newer report of "
-        f"its pair superseded before its slot came"
+        f"   budget slots reserved {out['slots'] * k:,}, written {result['writes'] * k:,} "
+        f"({wasted * k:,} unused); refresh tries again {out['refresh_retried'] * k:,}, "
+        f"refreshes ended unwritten {out['refresh_skipped'] * k:,}, slots taken over by a "
+        f"newer report {out['inherited'] * k:,}"
     )
     for goal, ok in goals.items():
         print(
@@ -489,10 +566,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--refresh", type=float, default=base.refresh, help="seconds")
     parser.add_argument("--cold", action="store_true", help="start from empty run-state rows")
     parser.add_argument("--seed", type=int, default=base.seed)
-    parser.add_argument("--shard", type=int, default=10, help="simulate 1/shard of the fleet")
+    parser.add_argument("--shard", type=int, default=1, help="simulate 1/shard of the fleet")
     parser.add_argument(
         "--also",
-        default="500000x5@0.5/50",
+        default="500000x5@0.5/10",
         help="more fleets, devices x scripts @ days, comma-separated ('' for none)",
     )
     parser.add_argument("--sizing", action="store_true", help="print the sizing table only")

@@ -22,7 +22,7 @@ from shared import messages
 from shared.destinations.base import Destination, Item, Written
 from shared.outcomes import CallResult, Outcome
 from shared.pacing import MAX_RETRY_AFTER, SharedBudget, Slot
-from shared.policy import SLOT_LATENESS, Claim, books_ahead, refresh_after
+from shared.policy import SLOT_LATENESS, Claim, books_ahead
 from shared.runstate_table import ClaimResult, Row
 from shared.settings import BUDGET_WAIT_SECONDS, Settings
 from shared.store import Storage
@@ -110,9 +110,8 @@ class Delivery:
             message["version"],
             message.get("digest", ""),
             lease_seconds=self.settings.delivery_lease.total_seconds(),
-            refresh_interval=refresh_after(
-                self.budget.refresh_after, self.settings.refresh_interval.total_seconds()
-            ),
+            refresh_interval=self.settings.refresh_interval.total_seconds(),
+            refresh_bar=self.budget.refresh_after,
             known=Row.from_snapshot(message["scriptId"], message["deviceId"], message.get("row")),
         )
         if claim.decision is Claim.BUSY:
@@ -125,8 +124,8 @@ class Delivery:
             booked = claim.slot_at
         slot = self._take_budget(claim, booked)
         if slot is not None:
-            if not claim.change and booked is None:
-                # A refresh never waits: the pair's next report is due again, older still.
+            if slot.at is None and not claim.change and booked is None:
+                # A refresh never retries: the pair's next report is due again, older still.
                 self._finish(message, claim, "ignored", "refresh_skipped")
                 self.storage.forget_payload(message)
                 return QueueOutcome("ignored", "refresh_skipped", message)
@@ -193,7 +192,7 @@ class Delivery:
         slot = self.budget.reserve(
             BUDGET_WAIT_SECONDS,
             book_ahead=books_ahead(claim.change),
-            refresh_age=None if claim.change else claim.age,
+            refresh_rank=None if claim.change else claim.rank,
         )
         if slot.at is not None and slot.wait <= BUDGET_WAIT_SECONDS:
             return self.budget.sleep_until(slot.at)

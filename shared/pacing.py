@@ -16,7 +16,7 @@ from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
 
-from shared.policy import refresh_after
+from shared import policy
 from shared.runstate_table import ETAG_RETRIES, write_if_unchanged
 
 __all__ = ["BUDGET_PARTITION", "MAX_RETRY_AFTER", "WINDOW_SECONDS", "SharedBudget", "Slot"]
@@ -73,14 +73,19 @@ class SharedBudget:
         self._sleep = sleep
 
     def reserve(
-        self, horizon: float, *, book_ahead: bool = False, refresh_age: float | None = None
+        self,
+        horizon: float,
+        *,
+        book_ahead: bool = False,
+        refresh_rank: float | None = None,
+        last_try: bool = True,
     ) -> Slot:
         """Reserve the next write time if it lies within `horizon` seconds.
 
         With `book_ahead`, a later time is reserved too (a queued change comes back for it);
-        without, nothing is reserved then. A refresh (`refresh_age`: seconds since the pair's
-        last write) reserves only if it is at least as old as the refresh age bar, and one that
-        finds the budget taken raises the bar. A closed gate reserves nothing either way.
+        without, nothing is reserved then. A refresh (`refresh_rank`: the pair's age as
+        `shared.policy.refresh_rank` ranks it) reserves only if it reaches the refresh age bar,
+        and one that finds the budget taken raises the bar. A closed gate reserves nothing.
         """
         for _ in range(ETAG_RETRIES):
             now = self._clock()
@@ -90,17 +95,19 @@ class SharedBudget:
                 return Slot(None, gate, "throttled")
             free = float(row.get("Next") or 0) if row is not None else now
             bar = self.refresh_after
-            if refresh_age is not None and refresh_age < bar:
-                return Slot(None, bar - refresh_age, "not_due")
+            if refresh_rank is not None and refresh_rank < bar:
+                return Slot(None, bar - refresh_rank, "not_due")
             at = max(free, now)
             if at - now > horizon and not book_ahead:
-                if refresh_age is not None:
+                if refresh_rank is not None and last_try:
                     self._raise_bar(row, bar)
                 return Slot(None, at - now)
             fields = {"Next": at + self.interval, **_count(row, at)}
             # Time the budget stood unused lowers the bar: refreshes nearer the floor are due.
             lowered = (
-                refresh_after(bar, self.refresh_interval, idle_slots=(now - free) / self.interval)
+                policy.refresh_after(
+                    bar, self.refresh_interval, idle_slots=(now - free) / self.interval
+                )
                 if free < now
                 else bar
             )
@@ -112,7 +119,7 @@ class SharedBudget:
 
     def _raise_bar(self, row: Any | None, bar: float) -> None:
         """One try: the bar is a shared estimate, and a lost race only means another raised it."""
-        raised = refresh_after(bar, self.refresh_interval, missed=1)
+        raised = policy.refresh_after(bar, self.refresh_interval, missed=1)
         if raised != bar and self._write(row, {"RefreshAfter": raised}):
             self.refresh_after = raised
 
@@ -180,7 +187,7 @@ class SharedBudget:
 
     def _bar(self, row: Any | None) -> float:
         stored = float(row.get("RefreshAfter") or 0) if row is not None else 0.0
-        return refresh_after(stored, self.refresh_interval)
+        return policy.refresh_after(stored, self.refresh_interval)
 
     def _read(self) -> Any | None:
         try:

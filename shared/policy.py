@@ -7,12 +7,17 @@ fleet simulation in bench/ drives the very same functions.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from enum import StrEnum
 
 __all__ = [
     "MAX_REFRESH_AFTER",
+    "REFRESH_RETRY_MIN",
+    "REFRESH_RETRY_WINDOW",
+    "REFRESH_SPREAD",
     "REFRESH_STEP",
+    "REFRESH_TRIES",
     "SLOT_LATENESS",
     "Acceptance",
     "Claim",
@@ -22,6 +27,8 @@ __all__ = [
     "books_ahead",
     "decide_claim",
     "refresh_after",
+    "refresh_rank",
+    "refresh_retry",
 ]
 
 # A booked slot is used only this close to its time: writes shifted by at most this much keep
@@ -33,6 +40,17 @@ SLOT_LATENESS = 0.5
 REFRESH_STEP = 0.01
 # The bar never rises past this (a year): a budget held by changes for days must not park it.
 MAX_REFRESH_AFTER = 366 * 86400.0
+# A refresh that finds no free budget tries again this often, at random within this window.
+REFRESH_TRIES = 2
+# One more try per this share of the bar a pair's rank lies past it, up to REFRESH_TRIES_MORE.
+REFRESH_PRIORITY = 10.0
+REFRESH_TRIES_MORE = 8
+REFRESH_RETRY_MIN = 5.0
+REFRESH_RETRY_WINDOW = 600.0
+# A pair's place against the bar is its age stretched by up to this share, by a hash of the
+# report: pairs that report on a fixed schedule have ages in whole report intervals, and without
+# it a bar between two of them would let all of one interval through at once, or none.
+REFRESH_SPREAD = 0.15
 
 
 class Acceptance(StrEnum):
@@ -79,19 +97,28 @@ class ClaimDecision:
     change: bool = True
     # The slot this version takes over from an earlier one the pair booked (None: book its own).
     slot_at: float | None = None
-    # Seconds since the pair's last write: a refresh's place in the age order.
+    # Seconds since the pair's last write, and a refresh's place in the age order.
     age: float = 0.0
+    rank: float = 0.0
 
 
 def decide_claim(
-    pair: PairState, version: str, digest: str, now: float, refresh_interval: float
+    pair: PairState,
+    version: str,
+    digest: str,
+    now: float,
+    refresh_interval: float,
+    *,
+    refresh_bar: float = 0.0,
+    key: str = "",
 ) -> ClaimDecision:
     """What one queued version of a pair should do now.
 
     `refresh_interval` 0 writes every version; otherwise a state equal to the last one written
-    is written again only once that write is older than the interval. A version that writes
-    inherits the slot an earlier version of its pair booked: a pair holds at most one place in
-    the budget's queue, however often it reports while it waits.
+    is written again only once that write is older than the interval, and its rank (`key`: the
+    pair's name) reaches the fleet's `refresh_bar`. A version that writes inherits the slot an
+    earlier version of its pair booked (and a booked slot is always written, never left
+    unused): a pair holds at most one place in the budget's queue, however often it reports.
     """
     if pair.accepted > version:
         return ClaimDecision(Claim.SUPERSEDED)
@@ -101,10 +128,18 @@ def decide_claim(
         return ClaimDecision(Claim.BUSY, wait=pair.lease_until - now)
     change = not pair.digest or pair.digest != digest
     age = now - pair.written_at
-    if not change and refresh_interval > 0 and age < refresh_interval:
-        return ClaimDecision(Claim.UNCHANGED, change=False, age=age)
-    slot = pair.slot_at if pair.slot_at >= now - SLOT_LATENESS else None
-    return ClaimDecision(Claim.WRITE, change=change, slot_at=slot, age=age)
+    rank = age if change else refresh_rank(age, f"{key}/{version}")
+    slot = pair.slot_at if pair.slot_at > 0 and pair.slot_at >= now - SLOT_LATENESS else None
+    fresh = age < refresh_interval or rank < refresh_bar
+    if slot is None and not change and refresh_interval > 0 and fresh:
+        return ClaimDecision(Claim.UNCHANGED, change=False, age=age, rank=rank)
+    return ClaimDecision(Claim.WRITE, change=change, slot_at=slot, age=age, rank=rank)
+
+
+def refresh_rank(age: float, key: str) -> float:
+    """A refresh's place in the age order: its age, stretched by a share fixed by `key`."""
+    share = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest()) / 2**32
+    return age * (1 + REFRESH_SPREAD * share)
 
 
 def books_ahead(change: bool) -> bool:
@@ -113,6 +148,21 @@ def books_ahead(change: bool) -> bool:
     So when the budget cannot keep up every change is written before any refresh.
     """
     return change
+
+
+def refresh_retry(tries: int, draw: float, rank: float = 0.0, bar: float = 0.0) -> float | None:
+    """When a refresh that found no free budget tries again (seconds), or None to end it.
+
+    A pair reports at a fixed moment of its interval, and the budget may be short at that
+    moment and idle a minute later: a few tries spread at random over the next minutes pool the
+    budget across moments, instead of leaving the pair for a whole interval. The further a
+    pair's rank lies past the bar, the more tries it gets, so the oldest are not left behind by
+    bad luck twice. `draw` in [0, 1).
+    """
+    extra = int(REFRESH_PRIORITY * (rank / bar - 1)) if bar > 0 and rank > bar else 0
+    if tries >= REFRESH_TRIES + min(extra, REFRESH_TRIES_MORE):
+        return None
+    return REFRESH_RETRY_MIN + draw * (REFRESH_RETRY_WINDOW - REFRESH_RETRY_MIN)
 
 
 def refresh_after(bar: float, floor: float, *, missed: int = 0, idle_slots: float = 0.0) -> float:

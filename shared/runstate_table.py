@@ -132,7 +132,7 @@ class ClaimResult:
     wait: float = 0.0
     change: bool = True
     slot_at: float | None = None
-    age: float = 0.0
+    rank: float = 0.0
 
 
 class RunStateStore:
@@ -217,20 +217,29 @@ class RunStateStore:
         *,
         lease_seconds: float,
         refresh_interval: float,
+        refresh_bar: float = 0.0,
         known: Row | None = None,
     ) -> ClaimResult:
         """Take the pair's write lease for this version, so no older write can land after it.
 
-        An unchanged state within the refresh interval is recorded as delivered instead, in the
-        same conditional write. `known` (the row as ingest left it) stands in for the first read:
-        a decision taken on it is acted on only through a write its ETag guards, anything else is
-        decided again on a fresh read.
+        An unchanged state within the refresh interval, or below the fleet's refresh age bar, is
+        recorded as delivered instead, in the same conditional write. `known` (the row as
+        ingest left it) stands in for the first read: a decision taken on it is acted on only
+        through a write its ETag guards, anything else is decided again on a fresh read.
         """
         prefix = PREFIX[destination]
         for _ in range(ETAG_RETRIES):
             now = self._clock()
             row, known = known or self.read(script_id, device_id), None
-            decision = decide_claim(row.pair(destination), version, digest, now, refresh_interval)
+            decision = decide_claim(
+                row.pair(destination),
+                version,
+                digest,
+                now,
+                refresh_interval,
+                refresh_bar=refresh_bar,
+                key=f"{script_id}/{device_id}",
+            )
             if decision.claim is Claim.UNCHANGED:
                 # It counts as delivered: an older report arriving later is a duplicate.
                 fields: dict[str, Any] = {
@@ -239,7 +248,7 @@ class RunStateStore:
                     f"{prefix}LastReason": "unchanged",
                 }
                 if row.exists and self._write(row, fields) is not None:
-                    return ClaimResult(Claim.UNCHANGED, row, change=False, age=decision.age)
+                    return ClaimResult(Claim.UNCHANGED, row, change=False, rank=decision.rank)
                 continue
             if decision.claim is not Claim.WRITE:
                 if not row.carried:
@@ -263,7 +272,7 @@ class RunStateStore:
                     owner,
                     change=decision.change,
                     slot_at=decision.slot_at,
-                    age=decision.age,
+                    rank=decision.rank,
                 )
         return ClaimResult(Claim.BUSY, wait=1.0)
 
