@@ -22,7 +22,7 @@ from shared import messages
 from shared.destinations.base import Destination, Item, Written
 from shared.outcomes import CallResult, Outcome
 from shared.pacing import MAX_RETRY_AFTER, SharedBudget, Slot
-from shared.policy import SLOT_LATENESS, Claim, books_ahead
+from shared.policy import SLOT_LATENESS, Claim, books_ahead, refresh_retry
 from shared.runstate_table import ClaimResult, Row
 from shared.settings import BUDGET_WAIT_SECONDS, Settings
 from shared.store import Storage
@@ -122,13 +122,11 @@ class Delivery:
             return self._ignore(message, claim)
         if not isinstance(booked, int | float):
             booked = claim.slot_at
-        slot = self._take_budget(claim, booked)
+        refresh_tries = int(message.get("refreshTries") or 0)
+        slot = self._take_budget(claim, booked, refresh_tries)
         if slot is not None:
             if slot.at is None and not claim.change and booked is None:
-                # A refresh never retries: the pair's next report is due again, older still.
-                self._finish(message, claim, "ignored", "refresh_skipped")
-                self.storage.forget_payload(message)
-                return QueueOutcome("ignored", "refresh_skipped", message)
+                return self._refresh_missed(message, tries, claim, slot, refresh_tries)
             self._finish(message, claim, "retried", slot.reason, slot_at=slot.at or 0.0)
             if slot.at is None:
                 return self._retry(message, tries, slot.reason, slot.wait)
@@ -168,7 +166,23 @@ class Delivery:
                 self.storage.queue(self.name).delete_message(received)
         return outcomes
 
-    def _take_budget(self, claim: ClaimResult, booked: float | None) -> Slot | None:
+    def _refresh_missed(
+        self, message: dict[str, Any], tries: int, claim: ClaimResult, slot: Slot, done: int
+    ) -> QueueOutcome:
+        """A refresh without free budget tries a little later, a few times, and then ends: the
+        pair's next report is due again, older still, so nothing waits in the queue for long."""
+        draw = random.random()  # noqa: S311 - spread, not secrecy
+        again = refresh_retry(done, draw, claim.rank, self.budget.refresh_after)
+        if again is None or slot.reason == "not_due":
+            self._finish(message, claim, "ignored", "refresh_skipped")
+            self.storage.forget_payload(message)
+            return QueueOutcome("ignored", "refresh_skipped", message)
+        self._finish(message, claim, "retried", "refresh")
+        return self._retry(message, tries, "refresh", again, {"refreshTries": done + 1})
+
+    def _take_budget(
+        self, claim: ClaimResult, booked: float | None, refresh_tries: int
+    ) -> Slot | None:
         """None once a write slot is ours (after a short sleep); else the wait and why.
 
         The slot booked for this message, or for an earlier version of its pair, is used when
@@ -189,10 +203,12 @@ class Delivery:
                 return self.budget.sleep_until(booked)
             # Back too late: others have written since, so the stale slot is given up (unused,
             # it only leaves the budget under-spent) and a new one booked.
+        bar = self.budget.refresh_after
         slot = self.budget.reserve(
             BUDGET_WAIT_SECONDS,
             book_ahead=books_ahead(claim.change),
             refresh_rank=None if claim.change else claim.rank,
+            last_try=refresh_retry(refresh_tries, 0.0, claim.rank, bar) is None,
         )
         if slot.at is not None and slot.wait <= BUDGET_WAIT_SECONDS:
             return self.budget.sleep_until(slot.at)
@@ -284,6 +300,9 @@ class Delivery:
         """Send the report again after `delay`, unless its tries or its age are spent."""
         age = datetime.now(UTC) - messages.accepted_at(message)
         if tries >= self.settings.max_attempts or age > self.settings.max_age:
+            if reason == "refresh":  # an old state again: the pair's next report refreshes it
+                self.storage.forget_payload(message)
+                return QueueOutcome("ignored", "refresh_skipped", message)
             return self._poison(message, "retries_exhausted", result, lastReason=reason)
         delay = min(max(delay, 0.0), MAX_RETRY_AFTER)
         # The carried row is stale once anything was written: the next claim reads its own.

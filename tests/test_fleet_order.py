@@ -18,12 +18,19 @@ import pytest
 from shared.pacing import BUDGET_PARTITION, SharedBudget
 from shared.policy import (
     MAX_REFRESH_AFTER,
+    REFRESH_RETRY_MIN,
+    REFRESH_RETRY_WINDOW,
+    REFRESH_SPREAD,
     REFRESH_STEP,
+    REFRESH_TRIES,
+    REFRESH_TRIES_MORE,
     SLOT_LATENESS,
     Claim,
     PairState,
     decide_claim,
     refresh_after,
+    refresh_rank,
+    refresh_retry,
 )
 from tests.delivering import make_delivery, queued
 from tests.stack import SCRIPT, Emulator, StorageView, report_body
@@ -68,10 +75,30 @@ def test_a_writing_version_inherits_the_slot_its_pair_booked_while_that_slot_is_
     assert decide_claim(pair, "1", "e", 100.0, 3600).slot_at is None
 
 
-def test_a_refresh_knows_its_age_for_the_age_order() -> None:
+def test_a_refresh_is_ranked_by_its_age_stretched_by_a_share_its_report_fixes() -> None:
     pair = PairState(accepted="2", delivered="1", digest="d", written_at=1000.0)
-    refresh = decide_claim(pair, "2", "d", 1000.0 + 7200, 3600)
+    refresh = decide_claim(pair, "2", "d", 1000.0 + 7200, 3600, key="s/d1")
     assert (refresh.claim, refresh.change, refresh.age) == (Claim.WRITE, False, 7200.0)
+    assert refresh.rank == refresh_rank(7200.0, "s/d1/2")
+    ranks = [refresh_rank(3600.0, f"pair-{n}") for n in range(2000)]
+    assert all(3600 <= r < 3600 * (1 + REFRESH_SPREAD) for r in ranks)
+    # Spread over the whole share, so a bar between two whole intervals lets part of one through.
+    assert min(ranks) < 3600 * (1 + REFRESH_SPREAD / 10) and max(ranks) > 3600 * 1.9**0.2
+    # Below the fleet's bar an unchanged state is not due, whatever the interval says.
+    rank = refresh.rank
+    assert decide_claim(pair, "2", "d", 8200.0, 3600, refresh_bar=rank + 1, key="s/d1").claim is (
+        Claim.UNCHANGED
+    )
+
+
+def test_a_missed_refresh_tries_again_within_minutes_and_more_often_the_older_it_is() -> None:
+    delays = [refresh_retry(0, draw / 10) for draw in range(10)]
+    assert all(REFRESH_RETRY_MIN <= d < REFRESH_RETRY_WINDOW for d in delays if d is not None)
+    assert refresh_retry(REFRESH_TRIES, 0.5, rank=100.0, bar=100.0) is None
+    assert refresh_retry(REFRESH_TRIES, 0.5, rank=130.0, bar=100.0) is not None
+    most = REFRESH_TRIES + REFRESH_TRIES_MORE
+    assert refresh_retry(most - 1, 0.5, rank=10**6, bar=100.0) is not None
+    assert refresh_retry(most, 0.5, rank=10**6, bar=100.0) is None
 
 
 # ---- the shared refresh age bar --------------------------------------------------------------
@@ -95,34 +122,34 @@ def test_refreshes_below_the_shared_bar_take_no_budget_and_a_miss_raises_it_for_
         return SharedBudget(table, 1, clock=clock, sleep=lambda _: None, refresh_interval=100)
 
     one, other = instance(), instance()
-    assert one.reserve(3, refresh_age=99).reason == "not_due"
-    assert one.reserve(3, refresh_age=150).at is not None  # free budget, old enough
+    assert one.reserve(3, refresh_rank=99).reason == "not_due"
+    assert one.reserve(3, refresh_rank=150).at is not None  # free budget, old enough
     for _ in range(5):  # changes book the next seconds
         one.reserve(3, book_ahead=True)
-    missed = one.reserve(3, refresh_age=150)
+    missed = one.reserve(3, refresh_rank=150)
     assert (missed.at, missed.reason) == (None, "budget")
     bar = 100 * (1 + REFRESH_STEP)
     stored = table.get_entity(BUDGET_PARTITION, "pace")["RefreshAfter"]
     assert stored == pytest.approx(bar)
     # Another instance reads the raised bar with its next reservation.
-    assert other.reserve(3, refresh_age=100.5).reason == "not_due"
+    assert other.reserve(3, refresh_rank=100.5).reason == "not_due"
     assert other.refresh_after == pytest.approx(bar)
     # Budget left unused lowers it again: 60 idle seconds are 57 unused slots at 0.95/s.
     clock.now += 120
     assert other.reserve(3, book_ahead=True).at is not None
     assert table.get_entity(BUDGET_PARTITION, "pace")["RefreshAfter"] == pytest.approx(100)
-    assert other.reserve(3, refresh_age=100.5).at is not None
+    assert other.reserve(3, refresh_rank=100.5).at is not None
 
 
-def test_the_longest_unwritten_pairs_are_refreshed_first_when_refreshes_exceed_the_budget(
+def test_a_young_refresh_that_finds_the_budget_free_is_left_for_later_below_the_bar(
     storage: StorageView,
     emulators: tuple[Emulator, Emulator],
     identity_env: None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Ten pairs due, budget for fewer: the misses raise the shared bar past the youngest pair's
-    age, and then a young pair that finds the budget free is still left for later while older
-    ones are written. (Over a fleet this keeps the oldest age near its limit: bench.fleet.)"""
+    """The fleet's misses have raised the bar to 2 h: of ten pairs due by the 1 h interval,
+    those whose rank cannot reach it take no budget, though they come first and it is free.
+    (Over a fleet this keeps the oldest age near its limit: bench.fleet.)"""
     graph, _ = emulators
     delivery, config = make_delivery(
         storage, graph.url, BRIDGE_REFRESH_INTERVAL="1h", BRIDGE_GRAPH_WRITES_PER_SECOND="1"
@@ -131,34 +158,28 @@ def test_the_longest_unwritten_pairs_are_refreshed_first_when_refreshes_exceed_t
     monkeypatch.setattr(storage.storage.runstates, "_clock", clock)
     devices = [str(uuid.uuid4()) for _ in range(10)]
     for n, device in enumerate(devices):
-        clock.now += 600  # device n's last write: 3600 + 600 x (9 - n) s before the reports
+        clock.now += 1800  # device n's last write: 3600 + 1800 x (9 - n) s before the reports
         [done] = delivery.process(json.dumps(queued(config, **run(device, '{"a":1}', n))))
         assert done.outcome == "delivered"
     clock.now += 3600
-    age = {d: 3600 + 600 * (9 - n) for n, d in enumerate(devices)}
-
-    def refresh_all(second: int) -> dict[str, str]:
-        """Every pair's report, youngest first: arrival order favours the young."""
-        return {
-            d: o.reason
-            for n, d in reversed(list(enumerate(devices)))
-            for o in delivery.process(json.dumps(queued(config, **run(d, '{"a":1}', second + n))))
-        }
-
-    # Changes elsewhere hold the budget's next seconds: every due refresh misses.
-    for _ in range(4):
-        delivery.budget.reserve(60, book_ahead=True)
-    first = refresh_all(100)
-    assert set(first.values()) == {"refresh_skipped"}
-    assert len(patches(graph)) == 10
-    assert min(age.values()) < delivery.budget.refresh_after < max(age.values())
-    time.sleep(5)  # the booked seconds pass: the youngest pair comes first to a free budget
-    second = refresh_all(200)
-    bar = delivery.budget.refresh_after
-    written = [d for d, reason in second.items() if reason == "delivered"]
-    assert second[devices[-1]] == "unchanged"
-    assert written and all(age[d] >= bar for d in written)
-    assert all(reason != "unchanged" or age[d] < bar for d, reason in second.items())
+    age = {d: 3600 + 1800 * (9 - n) for n, d in enumerate(devices)}
+    table = storage.storage.table
+    table.upsert_entity(
+        {"PartitionKey": BUDGET_PARTITION, "RowKey": "pace", "RefreshAfter": 7200.0}
+    )
+    outcomes = {
+        d: o
+        for n, d in reversed(list(enumerate(devices)))  # youngest first
+        for o in delivery.process(json.dumps(queued(config, **run(d, '{"a":1}', 100 + n))))
+    }
+    young = [d for d in devices if age[d] * (1 + REFRESH_SPREAD) < 7200]
+    old = [d for d in devices if age[d] >= 7200]
+    assert young and old
+    assert all(outcomes[d].outcome == "ignored" for d in young)
+    written = [d for d, o in outcomes.items() if o.outcome == "delivered"]
+    assert written and set(written) <= set(old)
+    # The rest of the old ones try again in a few minutes; none of them waits an interval.
+    assert all(outcomes[d].reason in ("delivered", "refresh") for d in old)
     assert len(patches(graph)) == 10 + len(written)
 
 
