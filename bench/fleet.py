@@ -366,6 +366,7 @@ def simulate(fleet: Fleet, schedule: Iterator[tuple[float, int, bool]] | None = 
         "oldest_refresh_age_at_end": oldest_now,
         "oldest_refresh_by_day": day_oldest[: math.ceil(fleet.days)],
         "refresh_after_at_end": budget.refresh_after,
+        "booked_at_end": sum(1 for at in booked if at >= end),
     }
 
 
@@ -446,7 +447,7 @@ def report(result: dict, whole: Fleet) -> dict[str, bool | None]:
     print(
         f"   refresh age when refreshed: p50 {_duration(ages['p50'])}, p99 "
         f"{_duration(ages['p99'])}; oldest refresh age {_duration(result['oldest_refresh_age'])} "
-        f"(per day: {', '.join(_duration(a) for a in result['oldest_refresh_by_day'])})"
+        f"(per day: {', '.join(_duration(a) for a in result['oldest_refresh_by_day']) or '-'})"
     )
     print(
         f"   limit: pairs / (budget - change rate) = "
@@ -482,10 +483,12 @@ def report(result: dict, whole: Fleet) -> dict[str, bool | None]:
             f"full setting; refresh age bar at the end {_duration(result['refresh_after_at_end'])}"
         )
     out = result["outcomes"]
-    wasted = out["slots"] - result["writes"]
+    ahead = result["booked_at_end"]
+    wasted = out["slots"] - result["writes"] - ahead
     print(
-        f"   budget slots reserved {out['slots'] * k:,}, written {result['writes'] * k:,} "
-        f"({wasted * k:,} unused); refresh tries again {out['refresh_retried'] * k:,}, "
+        f"   budget slots reserved {out['slots'] * k:,}, written {result['writes'] * k:,}, "
+        f"booked past the end {ahead * k:,} ({wasted * k:,} unused); refresh tries again "
+        f"{out['refresh_retried'] * k:,}, "
         f"refreshes ended unwritten {out['refresh_skipped'] * k:,}, slots taken over by a "
         f"newer report {out['inherited'] * k:,}"
     )
