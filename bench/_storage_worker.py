@@ -2,7 +2,8 @@
 
 Run by bench/storage_calls.py with the tree to measure as its working directory (the current
 one, or an older checkout): config on stdin, one JSON line out. It imports only what both trees
-have (`shared.api.ingest`, `shared.delivery.on_queue_message`, `shared.runtime.get_bridge`), and
+have (`shared.api.ingest`, the queue trigger's body `on_queue_message`: in `shared.runtime`, or
+in `shared.delivery` in older trees), and
 counts every request the storage SDKs send through azure-core's RequestsTransport to Azurite's
 ports; the Graph and identity calls go elsewhere and are not counted.
 """
@@ -86,10 +87,11 @@ def main() -> None:
     _count_calls()
     from azure.storage.queue import QueueClient, TextBase64DecodePolicy
 
-    from shared import delivery
+    from shared import delivery, runtime
     from shared.api import ingest
 
-    four = len(inspect.signature(delivery.on_queue_message).parameters) >= 3
+    on_queue_message = getattr(runtime, "on_queue_message", None) or delivery.on_queue_message
+    four = len(inspect.signature(on_queue_message).parameters) >= 3
     queue = QueueClient.from_connection_string(
         config["env"]["AzureWebJobsStorage"],
         "compliance-results",
@@ -117,7 +119,7 @@ def main() -> None:
             for message in batch:
                 caller[0] = "bridge"
                 args = ("graph",) if four else ()
-                out = delivery.on_queue_message(*args, message.content, message.dequeue_count)
+                out = on_queue_message(*args, message.content, message.dequeue_count)
                 for each in out if isinstance(out, list) else [out]:
                     name = getattr(each, "outcome", None) or each.event  # the older name
                     if name != "retried":
