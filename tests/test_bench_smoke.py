@@ -103,3 +103,8 @@ def test_pacing_choose_stops_at_the_first_pace_that_failed() -> None:
     assert choose([run(8, 0, 150), run(9, 0, 171), run(10, 0, 195)]) == 9
     assert choose([run(8, 30, 200), run(9, 0, 174)]) is None
     assert choose([run(8, 0, 150), run(8, 1, 150), run(9, 0, 160)]) is None
+
+
+def test_storage_calls_counts_this_trees_ingest_and_delivery() -> None:
+    out = bench("bench.storage_calls", "--n", "3", "--before", "", timeout=180)
+    assert "delivery, first write" in out and "ingest, new pair" in out
