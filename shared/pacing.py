@@ -104,13 +104,8 @@ class SharedBudget:
                 return Slot(None, at - now)
             fields = {"Next": at + self.interval, **_count(row, at)}
             # Time the budget stood unused lowers the bar: refreshes nearer the floor are due.
-            lowered = (
-                policy.refresh_after(
-                    bar, self.refresh_interval, idle_slots=(now - free) / self.interval
-                )
-                if free < now
-                else bar
-            )
+            idle = max(now - free, 0.0) / self.interval
+            lowered = policy.refresh_after(bar, self.refresh_interval, idle_slots=idle)
             if lowered != bar:
                 fields["RefreshAfter"] = lowered
             if self._write(row, fields):
