@@ -270,7 +270,8 @@ def simulate(fleet: Fleet, schedule: Iterator[tuple[float, int, bool]] | None = 
                 horizon,
                 book_ahead=books_ahead(change),
                 refresh_rank=None if change else decision.rank,
-                last_try=refresh_retry(tries - 1, 0.0, decision.rank, budget.refresh_after) is None,
+                last_try=change
+                or refresh_retry(tries - 1, 0.0, decision.rank, budget.refresh_after) is None,
             )
             outcome["slots"] += slot.at is not None
             if slot.at is not None and slot.wait <= horizon:

@@ -208,7 +208,7 @@ class Delivery:
             BUDGET_WAIT_SECONDS,
             book_ahead=books_ahead(claim.change),
             refresh_rank=None if claim.change else claim.rank,
-            last_try=refresh_retry(refresh_tries, 0.0, claim.rank, bar) is None,
+            last_try=claim.change or refresh_retry(refresh_tries, 0.0, claim.rank, bar) is None,
         )
         if slot.at is not None and slot.wait <= BUDGET_WAIT_SECONDS:
             return self.budget.sleep_until(slot.at)

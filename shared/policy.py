@@ -159,8 +159,8 @@ def refresh_retry(tries: int, draw: float, rank: float = 0.0, bar: float = 0.0) 
     pair's rank lies past the bar, the more tries it gets, so the oldest are not left behind by
     bad luck twice. `draw` in [0, 1).
     """
-    extra = int(REFRESH_PRIORITY * (rank / bar - 1)) if bar > 0 and rank > bar else 0
-    if tries >= REFRESH_TRIES + min(extra, REFRESH_TRIES_MORE):
+    over = rank / bar - 1 if bar > 0 and rank > bar else 0.0
+    if tries >= REFRESH_TRIES + int(min(REFRESH_PRIORITY * over, REFRESH_TRIES_MORE)):
         return None
     return REFRESH_RETRY_MIN + draw * (REFRESH_RETRY_WINDOW - REFRESH_RETRY_MIN)
 

@@ -108,3 +108,17 @@ def test_pacing_choose_stops_at_the_first_pace_that_failed() -> None:
 def test_storage_calls_counts_this_trees_ingest_and_delivery() -> None:
     out = bench("bench.storage_calls", "--n", "3", "--before", "", timeout=180)
     assert "delivery, first write" in out and "ingest, new pair" in out
+
+
+def test_fleet_simulation_drains_a_first_contact_at_the_full_budget() -> None:
+    from bench.fleet import Fleet, simulate
+
+    # Every pair's first report is a change: 600 pairs at 2/s (1.9 usable) take 316 s at best.
+    fleet = Fleet(devices=600, scripts=1, interval=120, days=600 / 86400, rate=2, warm=False)
+    result = simulate(fleet)
+    assert result["undelivered_changes"] == 0
+    assert result["writes"] >= 600
+    # One place in the budget's queue per pair: no slot booked by a report its pair replaced
+    # goes unwritten.
+    assert result["outcomes"]["slots"] - result["writes"] - result["booked_at_end"] == 0
+    assert result["outcomes"]["inherited"] > 0

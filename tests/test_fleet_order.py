@@ -99,6 +99,7 @@ def test_a_missed_refresh_tries_again_within_minutes_and_more_often_the_older_it
     most = REFRESH_TRIES + REFRESH_TRIES_MORE
     assert refresh_retry(most - 1, 0.5, rank=10**6, bar=100.0) is not None
     assert refresh_retry(most, 0.5, rank=10**6, bar=100.0) is None
+    assert refresh_retry(most, 0.5, rank=float("inf"), bar=100.0) is None  # never written
 
 
 # ---- the shared refresh age bar --------------------------------------------------------------
