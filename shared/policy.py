@@ -34,13 +34,14 @@ __all__ = [
 # A booked slot is used only this close to its time: writes shifted by at most this much keep
 # every 20 s window within the budget's 5% headroom (20 s / 0.95 - 20 s = 1.05 s).
 SLOT_LATENESS = 0.5
-# How far one refresh that found no free budget raises the fleet's refresh age bar, and one unused
-# budget slot lowers it: small steps, so the bar settles where the refreshes due match the spare
-# budget instead of swinging with each burst.
+# How far one refresh whose last try found no free budget raises the fleet's refresh age bar, and
+# one unused budget slot lowers it: small steps, so the bar settles where the refreshes due match
+# the spare budget instead of swinging with each burst.
 REFRESH_STEP = 0.01
 # The bar never rises past this (a year): a budget held by changes for days must not park it.
 MAX_REFRESH_AFTER = 366 * 86400.0
-# A refresh that finds no free budget tries again this often, at random within this window.
+# A refresh that finds no free budget tries again this many times, at random within the window
+# (REFRESH_RETRY_MIN to REFRESH_RETRY_WINDOW seconds later).
 REFRESH_TRIES = 2
 # One more try per this share of the bar a pair's rank lies past it, up to REFRESH_TRIES_MORE.
 REFRESH_PRIORITY = 10.0
@@ -168,11 +169,10 @@ def refresh_retry(tries: int, draw: float, rank: float = 0.0, bar: float = 0.0) 
 def refresh_after(bar: float, floor: float, *, missed: int = 0, idle_slots: float = 0.0) -> float:
     """The fleet's refresh age bar: how old a pair's last write must be before it is refreshed.
 
-    It starts at `floor` (`BRIDGE_REFRESH_INTERVAL`); each refresh that found the budget taken
-    raises it a step and each budget slot that went unused lowers it a step, so it settles where
-    the refreshes due fit the budget the changes leave: the pairs written longest ago are
-    refreshed first, and a refresh that misses ends instead of retrying. `floor` 0 (every
-    report written) keeps no bar.
+    It starts at `floor` (`BRIDGE_REFRESH_INTERVAL`); each refresh whose last try found the
+    budget taken raises it a step and each budget slot that went unused lowers it a step, so it
+    settles where the refreshes due fit the budget the changes leave: the pairs written longest
+    ago are refreshed first. `floor` 0 (every report written) keeps no bar.
     """
     if floor <= 0:
         return 0.0
