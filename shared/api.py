@@ -11,11 +11,9 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from shared import __version__, envelope, messages, timestamps
+from shared import __version__, timestamps
 from shared.auth import AuthError, DeviceIdentity, authenticate, check_device
 from shared.ids import new_report_id
-from shared.mapping import DeviceState, map_report
-from shared.models import ComplianceReport
 from shared.policy import Acceptance
 from shared.problems import PROBLEM_BASE, PROBLEM_JSON, ApiResponse, problem
 from shared.ratelimit import device_limiter
@@ -23,8 +21,11 @@ from shared.runtime import Bridge, get_bridge
 from shared.settings import Settings, SettingsError
 from shared.telemetry import emit, script_output
 
-if TYPE_CHECKING:  # the delivery and storage code loads with the first report, not at cold start
+if TYPE_CHECKING:  # the agent API's models, delivery and storage load with the first report:
+    # a queue-trigger instance never builds the report schema, and no instance at import time
     from shared.delivery import QueueOutcome
+    from shared.mapping import DeviceState
+    from shared.models import ComplianceReport
 
 __all__ = ["PROBLEM_JSON", "ApiResponse", "health", "ingest", "problem"]
 
@@ -106,6 +107,9 @@ def _ingest(
     query: Mapping[str, str],
 ) -> ApiResponse:
     """DESIGN's data flow: envelope, authenticate (raw bytes), parse and validate, then map."""
+    from shared import envelope
+    from shared.mapping import map_report
+
     headers = {k.lower(): v for k, v in headers.items()}
     try:
         bridge = bridge or get_bridge()
@@ -241,6 +245,8 @@ def _accept(
     """
     # Any Azure SDK failure on the way to storage: the service, or the identity that reaches it.
     from azure.core.exceptions import AzureError
+
+    from shared import messages
 
     settings = bridge.settings
     version = timestamps.version(state.last_state_update)

@@ -8,11 +8,13 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared import timestamps
 from shared.ids import canonical_guid
-from shared.mapping import DeviceState
+
+if TYPE_CHECKING:  # delivery reads messages without the agent API's models
+    from shared.mapping import DeviceState
 
 __all__ = [
     "SCHEMA",
