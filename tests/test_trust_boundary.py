@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from shared import api, envelope, runtime
+from shared import api, envelope, mapping, runtime
 from shared.mapping import reject_duplicates
 from shared.runtime import Bridge
 from shared.settings import Settings, SettingsError, get_settings
@@ -269,7 +269,7 @@ def test_an_unexpected_fault_is_a_planned_problem_with_an_error_event(
     def broken(*_args: Any, **_kwargs: Any) -> Any:
         raise KeyError("a bug")
 
-    monkeypatch.setattr(api, "map_report", broken)
+    monkeypatch.setattr(mapping, "map_report", broken)  # ingest imports it with the first report
     response = post(sync_bridge(), report_body())
     assert response.status == 500
     assert response.content_type == api.PROBLEM_JSON
