@@ -115,7 +115,9 @@ def test_entra_attributes_hold_each_devices_newest_state_and_unknown_devices_poi
             for d in devices
         }
 
-    wait_for(lambda: attributes().get(first) == "fail" and attributes().get(second), timeout=60)
+    # When the older report's delivery holds the pair's lease, the newer one comes back when the
+    # lease ends (BRIDGE_DELIVERY_LEASE, 60 s), not before: the wait must outlast one lease.
+    wait_for(lambda: attributes().get(first) == "fail" and attributes().get(second), timeout=90)
     assert attributes()[second] == "success"
     [poisoned] = wait_for(lambda: storage.poison("entra"), timeout=30)
     assert (poisoned["reason"], poisoned["report"]["deviceId"]) == ("device_not_found", unknown)
