@@ -98,8 +98,7 @@ class ClaimDecision:
     change: bool = True
     # The slot this version takes over from an earlier one the pair booked (None: book its own).
     slot_at: float | None = None
-    # Seconds since the pair's last write, and a refresh's place in the age order.
-    age: float = 0.0
+    # A refresh's place in the age order: seconds since the pair's last write, spread a little.
     rank: float = 0.0
 
 
@@ -133,8 +132,8 @@ def decide_claim(
     slot = pair.slot_at if pair.slot_at > 0 and pair.slot_at >= now - SLOT_LATENESS else None
     fresh = age < refresh_interval or rank < refresh_bar
     if slot is None and not change and refresh_interval > 0 and fresh:
-        return ClaimDecision(Claim.UNCHANGED, change=False, age=age, rank=rank)
-    return ClaimDecision(Claim.WRITE, change=change, slot_at=slot, age=age, rank=rank)
+        return ClaimDecision(Claim.UNCHANGED, change=False, rank=rank)
+    return ClaimDecision(Claim.WRITE, change=change, slot_at=slot, rank=rank)
 
 
 def refresh_rank(age: float, key: str) -> float:

@@ -78,8 +78,8 @@ def test_a_writing_version_inherits_the_slot_its_pair_booked_while_that_slot_is_
 def test_a_refresh_is_ranked_by_its_age_stretched_by_a_share_its_report_fixes() -> None:
     pair = PairState(accepted="2", delivered="1", digest="d", written_at=1000.0)
     refresh = decide_claim(pair, "2", "d", 1000.0 + 7200, 3600, key="s/d1")
-    assert (refresh.claim, refresh.change, refresh.age) == (Claim.WRITE, False, 7200.0)
-    assert refresh.rank == refresh_rank(7200.0, "s/d1/2")
+    assert (refresh.claim, refresh.change) == (Claim.WRITE, False)
+    assert refresh.rank == refresh_rank(7200.0, "s/d1/2")  # its age, 7200 s, spread
     ranks = [refresh_rank(3600.0, f"pair-{n}") for n in range(2000)]
     assert all(3600 <= r < 3600 * (1 + REFRESH_SPREAD) for r in ranks)
     # Spread over the whole share, so a bar between two whole intervals lets part of one through.
